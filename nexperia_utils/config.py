@@ -1,0 +1,143 @@
+"""Named parameter sets ("profiles") shared by the notebooks and the Makefile.
+
+* ``smoke``: the test suite's profile; every notebook runs in seconds on a tiny data set.
+* ``quick``: the default of the ``make`` targets; minutes on a 2-core CPU, trained from scratch at a
+  small image size on the embedded synthetic data.
+* ``full``: the report's settings (section 3.2, 224 px crops, ImageNet weights, 50 epochs); meant for
+  a GPU and the real data.
+
+A notebook takes a ``profile`` parameter and explicit parameters override single fields::
+
+    profile = get_profile("quick", epochs=2)
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nexperia_utils.errors import ConfigError
+
+#: Project root: the folder that holds ``nexperia_utils/`` (notebooks resolve paths against it).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every size, schedule and data parameter that differs between profiles."""
+
+    name: str
+    #: synthetic data: fraction of the batch-2 class counts that is generated
+    data_scale: float
+    #: default data root (relative to the project root unless absolute)
+    data_dir: str
+    #: side of the square model input (the report uses 224)
+    image_size: int
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    #: "step" (lr x gamma every step_size epochs, section 3.2) or "cosine" (section 3.7)
+    scheduler: str
+    step_size: int
+    gamma: float
+    #: "none" trains from scratch, "imagenet" uses torchvision's weights from the local cache
+    weights: str
+    #: checkpoints with the best validation AUC that are kept and evaluated (the report: 10)
+    top_k: int
+    eval_batch_size: int
+    num_workers: int
+    #: epochs of plain cross entropy before SAT starts (``sat_es``)
+    sat_es: int
+    #: epochs for the STN models (the report trains them twice as long)
+    stn_epochs: int
+    #: the SAT / WBCE study (section 3.7): ResNet34 from scratch, cosine schedule
+    sat_epochs: int
+    sat_lr: float
+    seed: int = 0
+
+    @property
+    def resize_size(self) -> int:
+        """Shorter side after resizing, keeping the report's 255 -> 224 ratio."""
+        return int(round(self.image_size * 255 / 224))
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "none"
+
+    def replace(self, **overrides: Any) -> "Profile":
+        """A copy with some fields changed; unknown names raise a ConfigError that lists the valid ones."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown profile parameter(s) {unknown}; valid parameters are {sorted(names)}"
+            )
+        changed = dataclasses.replace(self, **overrides)
+        validate_profile(changed)
+        return changed
+
+    def data_root(self) -> Path:
+        path = Path(self.data_dir)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def outputs_dir(self) -> Path:
+        return PROJECT_ROOT / "outputs" / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", data_scale=0.003, data_dir="data/synthetic-smoke", image_size=32, epochs=2,
+        batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4, scheduler="step", step_size=14,
+        gamma=0.1, weights="none", top_k=2, eval_batch_size=64, num_workers=0, sat_es=1,
+        stn_epochs=2, sat_epochs=3, sat_lr=0.01,
+    ),
+    "quick": Profile(
+        name="quick", data_scale=0.1, data_dir="data/synthetic", image_size=64, epochs=4,
+        batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-4, scheduler="step", step_size=3,
+        gamma=0.1, weights="none", top_k=3, eval_batch_size=128, num_workers=0, sat_es=4,
+        stn_epochs=6, sat_epochs=8, sat_lr=0.01,
+    ),
+    "full": Profile(
+        name="full", data_scale=1.0, data_dir="data/synthetic-full", image_size=224, epochs=50,
+        batch_size=32, lr=0.001, momentum=0.9, weight_decay=5e-4, scheduler="step", step_size=14,
+        gamma=0.1, weights="imagenet", top_k=10, eval_batch_size=128, num_workers=8, sat_es=90,
+        stn_epochs=100, sat_epochs=200, sat_lr=0.01,
+    ),
+}
+
+
+def validate_profile(profile: Profile) -> None:
+    """Raise a ConfigError naming the first field whose value cannot work."""
+    positive = ("image_size", "epochs", "batch_size", "top_k", "eval_batch_size", "stn_epochs", "sat_epochs")
+    for name in positive:
+        if getattr(profile, name) < 1:
+            raise ConfigError(f"profile {profile.name!r}: {name} must be >= 1, got {getattr(profile, name)}")
+    if profile.image_size < 32:
+        raise ConfigError(f"profile {profile.name!r}: image_size must be >= 32 (ResNets downsample 32x), got {profile.image_size}")
+    if not 0 < profile.data_scale <= 1:
+        raise ConfigError(f"profile {profile.name!r}: data_scale must be in (0, 1], got {profile.data_scale}")
+    if profile.scheduler not in ("step", "cosine"):
+        raise ConfigError(f"profile {profile.name!r}: scheduler must be 'step' or 'cosine', got {profile.scheduler!r}")
+    if profile.lr <= 0 or profile.sat_lr <= 0:
+        raise ConfigError(f"profile {profile.name!r}: learning rates must be > 0")
+    if profile.num_workers < 0:
+        raise ConfigError(f"profile {profile.name!r}: num_workers must be >= 0")
+
+
+def get_profile(name: str, **overrides: Any) -> Profile:
+    """The named profile with explicit parameters applied; ``None`` values are ignored (notebook defaults)."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[name].replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A path relative to the project root (notebooks run with their own folder as working directory)."""
+    path = Path(path)
+    return path if path.is_absolute() else PROJECT_ROOT / path
