@@ -13,6 +13,7 @@ A notebook takes a ``profile`` parameter and explicit parameters override single
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,13 @@ from nexperia_utils.errors import ConfigError
 
 #: Project root: the folder that holds ``nexperia_utils/`` (notebooks resolve paths against it).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def workdir() -> Path:
+    """Where ``data/`` and ``outputs/`` live: the project root, or ``$NEXPERIA_WORKDIR`` when set
+    (the tests point it at a temporary folder so they never touch the project's own outputs)."""
+    override = os.environ.get("NEXPERIA_WORKDIR")
+    return Path(override).resolve() if override else PROJECT_ROOT
 
 
 @dataclass(frozen=True)
@@ -80,11 +88,10 @@ class Profile:
         return changed
 
     def data_root(self) -> Path:
-        path = Path(self.data_dir)
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        return resolve_path(self.data_dir)
 
     def outputs_dir(self) -> Path:
-        return PROJECT_ROOT / "outputs" / self.name
+        return workdir() / "outputs" / self.name
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,6 +145,6 @@ def get_profile(name: str, **overrides: Any) -> Profile:
 
 
 def resolve_path(path: str | Path) -> Path:
-    """A path relative to the project root (notebooks run with their own folder as working directory)."""
+    """A path relative to the work directory (notebooks run with their own folder as working directory)."""
     path = Path(path)
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    return path if path.is_absolute() else workdir() / path

@@ -1,0 +1,414 @@
+"""The training loop: plain and explicit, in the style of torchvision's reference scripts.
+
+One call of :func:`train` trains one model on the training part of a split and writes, under its
+run folder::
+
+    config.json                 the TrainConfig, the split's hash, the class list
+    history.csv                 one row per epoch: train/val loss, accuracies, AUC, FPRs, per class
+    checkpoints/epoch_NNN.pt    the ``top_k`` checkpoints with the best validation AUC
+    checkpoints/last.pt         the latest state (model, optimiser, scheduler, loss, RNG states)
+    checkpoints/index.csv       epoch and validation AUC of the kept checkpoints, best first
+    sat/epoch_NNN.npz           per-sample SAT weights and soft targets (SAT losses only)
+    done.json                   written last: training time, peak memory, device
+
+An interrupted run resumes from ``last.pt`` and ends with the same weights as an uninterrupted one
+(the data order, augmentation and loss state are all restored). A finished run is not retrained
+unless ``overwrite=True``. Checkpoints hold only tensors and plain values, so they load with
+``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm.auto import tqdm
+
+from nexperia_utils import metrics
+from nexperia_utils.config import Profile
+from nexperia_utils.dataset import SplitData
+from nexperia_utils.errors import ConfigError
+from nexperia_utils.evaluation import predict_proba, resolve_device
+from nexperia_utils.io import atomic_write, atomic_write_csv, atomic_write_text
+from nexperia_utils.transforms import CROP_STYLES, train_crop_transform
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("none", "bootstrap", "without_replacement")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (saved with every checkpoint)."""
+
+    arch: str = "resnet18"
+    weights: str = "none"
+    loss: str = "ce"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "step"
+    step_size: int = 14
+    gamma: float = 0.1
+    image_size: int = 224
+    augment: bool = True
+    train_crop: str = "center"
+    sampler: str = "none"
+    sampler_per_class: int = 0
+    seed: int = 0
+    top_k: int = 10
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+    eval_batch_size: int = 128
+    eval_test_each_epoch: bool = False
+    stn_transform: str = "affine"
+
+    @classmethod
+    def from_profile(cls, profile: Profile, **overrides: Any) -> "TrainConfig":
+        """The profile's schedule and sizes; ``overrides`` (non-None) change single fields."""
+        base = dict(
+            weights=profile.weights, epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
+            momentum=profile.momentum, weight_decay=profile.weight_decay, scheduler=profile.scheduler,
+            step_size=profile.step_size, gamma=profile.gamma, image_size=profile.image_size,
+            seed=profile.seed, top_k=profile.top_k, num_workers=profile.num_workers,
+            eval_batch_size=profile.eval_batch_size,
+        )
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(base) - names)
+        if unknown:
+            raise ConfigError(f"unknown training parameter(s) {unknown}; valid: {sorted(names)}")
+        config = cls(**base)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.top_k < 1:
+            raise ConfigError("epochs, batch_size and top_k must be >= 1")
+        if self.scheduler not in ("step", "cosine"):
+            raise ConfigError(f"scheduler must be 'step' or 'cosine', got {self.scheduler!r}")
+        if self.train_crop not in CROP_STYLES:
+            raise ConfigError(f"train_crop must be one of {list(CROP_STYLES)}, got {self.train_crop!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if self.sampler != "none" and self.sampler_per_class < 1:
+            raise ConfigError("a class-balanced sampler needs sampler_per_class >= 1")
+        if self.train_crop != "center" and self.loss.startswith("sat"):
+            raise ConfigError("SAT keeps one soft target per image; train it with train_crop='center'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: pd.DataFrame
+    best_epoch: int
+    best_val_auc: float
+    train_time_s: float
+    peak_memory_mb: float
+    device: str
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_meta(config: TrainConfig, classes: Sequence[str], negative_class: str, split_hash: str) -> dict:
+    from nexperia_utils.models import DISPLAY_NAMES
+
+    return {
+        "config": config.to_dict(),
+        "classes": list(classes),
+        "negative_class": negative_class,
+        "split_hash": split_hash,
+        "display_name": DISPLAY_NAMES.get(config.arch, config.arch),
+    }
+
+
+def _save(path: Path, payload: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model of a checkpoint and load its weights (``weights_only=True``)."""
+    from nexperia_utils.models import build_model
+
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    config = payload["config"]
+    model = build_model(config["arch"], len(payload["classes"]), weights="none",
+                        stn_transform=config.get("stn_transform", "affine"))
+    model.load_state_dict(payload["model"])
+    model.to(resolve_device(device)).eval()
+    meta = {k: v for k, v in payload.items() if k not in ("model", "optimizer", "scheduler", "loss", "rng")}
+    return model, meta
+
+
+def list_checkpoints(run_dir: Path) -> list[dict]:
+    """The kept top-k checkpoints, best validation AUC first: dicts with epoch, val_auc, path."""
+    index = Path(run_dir) / "checkpoints" / "index.csv"
+    if not index.exists():
+        return []
+    frame = pd.read_csv(index)
+    return [
+        {"epoch": int(r.epoch), "val_auc": float(r.val_auc), "path": Path(run_dir) / "checkpoints" / r.file}
+        for r in frame.itertuples()
+    ]
+
+
+def _update_top_k(run_dir: Path, epoch: int, val_auc: float, top_k: int, payload: dict) -> None:
+    ckpt_dir = run_dir / "checkpoints"
+    entries = [{"epoch": e["epoch"], "val_auc": e["val_auc"], "file": e["path"].name} for e in list_checkpoints(run_dir)]
+    entries = [e for e in entries if e["epoch"] != epoch]
+    candidate = {"epoch": epoch, "val_auc": val_auc, "file": f"epoch_{epoch:03d}.pt"}
+    ranked = sorted(entries + [candidate], key=lambda e: (-_nan_low(e["val_auc"]), e["epoch"]))
+    keep, drop = ranked[:top_k], ranked[top_k:]
+    if candidate in keep:
+        _save(ckpt_dir / candidate["file"], payload)
+    atomic_write_csv(ckpt_dir / "index.csv", pd.DataFrame(keep, columns=["epoch", "val_auc", "file"]))
+    for entry in drop:
+        (ckpt_dir / entry["file"]).unlink(missing_ok=True)
+
+
+def _nan_low(value: float) -> float:
+    return -math.inf if value is None or math.isnan(value) else value
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _make_optimizer(model: torch.nn.Module, config: TrainConfig):
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    if config.scheduler == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return optimizer, scheduler
+
+
+def _make_sampler(config: TrainConfig, labels: np.ndarray, generator: torch.Generator):
+    if config.sampler == "none":
+        return RandomSampler(range(len(labels)), generator=generator)
+    from nexperia_utils.sampling import ClassBalancedSampler
+
+    return ClassBalancedSampler(labels.tolist(), per_class=config.sampler_per_class,
+                                replacement=config.sampler == "bootstrap", seed=config.seed)
+
+
+def epoch_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], negative_index: int, prefix: str) -> dict:
+    """Loss, accuracies, AUC and FPRs of one evaluation, overall and per class, as history columns."""
+    labels = np.asarray(labels)
+    eps = 1e-12
+    summary = metrics.summarize(probs, labels, negative_index)
+    row = {f"{prefix}_{k}": v for k, v in summary.items()}
+    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))
+    p_good = probs[:, negative_index]
+    is_good = labels == negative_index
+    binary_nll = -np.log(np.clip(np.where(is_good, p_good, 1.0 - p_good), eps, 1.0))
+    row[f"{prefix}_loss"] = float(nll.mean())
+    row[f"{prefix}_binary_loss"] = float(binary_nll.mean())
+    acc = metrics.per_class_accuracy(probs, labels, len(classes))
+    bacc = metrics.per_class_binary_accuracy(probs, labels, negative_index, len(classes))
+    for i, name in enumerate(classes):
+        mask = labels == i
+        row[f"{prefix}_acc/{name}"] = float(acc[i])
+        row[f"{prefix}_binary_acc/{name}"] = float(bacc[i])
+        row[f"{prefix}_loss/{name}"] = float(nll[mask].mean()) if mask.any() else float("nan")
+        row[f"{prefix}_binary_loss/{name}"] = float(binary_nll[mask].mean()) if mask.any() else float("nan")
+    return row
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "loader": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _prepare_run_dir(run_dir: Path, meta: dict, overwrite: bool) -> str:
+    """'done', 'resume' or 'new'; refuses to mix runs of different configurations."""
+    config_file = run_dir / "config.json"
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if config_file.exists():
+        saved = json.loads(config_file.read_text())
+        if saved != json.loads(json.dumps(meta)):
+            raise ConfigError(
+                f"{run_dir} holds a run with a different configuration or split; pass overwrite=True "
+                f"to retrain it, or choose another run name"
+            )
+        if (run_dir / "done.json").exists():
+            return "done"
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            return "resume"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config_file, json.dumps(meta, indent=2))
+    return "new"
+
+
+def load_result(run_dir: Path) -> TrainResult:
+    """The result of a finished run, read from its files."""
+    run_dir = Path(run_dir)
+    done = json.loads((run_dir / "done.json").read_text())
+    history = pd.read_csv(run_dir / "history.csv")
+    return TrainResult(run_dir, history, done["best_epoch"], done["best_val_auc"], done["train_time_s"],
+                       done["peak_memory_mb"], done["device"])
+
+
+def train(
+    config: TrainConfig,
+    train_part: SplitData,
+    val_part: SplitData,
+    classes: Sequence[str],
+    negative_class: str,
+    split_hash: str,
+    run_dir: Path,
+    test_part: SplitData | None = None,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``config.arch`` on ``train_part``, validating each epoch on ``val_part``.
+
+    ``stop_after`` ends the call after that many epochs in total (a deliberate interruption: the
+    next call resumes). With ``config.eval_test_each_epoch`` the test part is also scored every epoch
+    (Figures 6 and 9 plot it); the test part is never used to choose checkpoints.
+    """
+    from nexperia_utils.losses import build_loss
+    from nexperia_utils.models import build_model
+
+    config.validate()
+    run_dir = Path(run_dir)
+    negative_index = list(classes).index(negative_class)
+    meta = _checkpoint_meta(config, classes, negative_class, split_hash)
+    state = _prepare_run_dir(run_dir, meta, overwrite)
+    if state == "done":
+        logger.info("%s is already trained; pass overwrite=True to retrain", run_dir)
+        return load_result(run_dir)
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = build_model(config.arch, len(classes), weights=config.weights, stn_transform=config.stn_transform).to(device)
+    optimizer, scheduler = _make_optimizer(model, config)
+    train_labels = torch.as_tensor(train_part.labels, dtype=torch.long)
+    loss_fn = build_loss(config.loss, classes=list(classes), negative_class=negative_class,
+                         train_labels=train_labels, **config.loss_params).to(device)
+    sampler = _make_sampler(config, train_part.labels, generator)
+    loader = DataLoader(
+        train_part.dataset(train_crop_transform(config.image_size, config.train_crop, config.augment)),
+        batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+        generator=generator, drop_last=len(train_part) > config.batch_size,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    history: list[dict] = []
+    start_epoch, elapsed = 0, 0.0
+    if state == "resume":
+        payload = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        loss_fn.load_state_dict(payload["loss"])
+        _set_rng_state(payload["rng"], generator)
+        start_epoch, elapsed = payload["epoch"] + 1, payload["elapsed_s"]
+        history = pd.read_csv(run_dir / "history.csv").iloc[:start_epoch].to_dict("records")
+        logger.info("resuming %s at epoch %d", run_dir.name, start_epoch)
+
+    use_amp = config.amp and device.type == "cuda"
+    last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
+    epochs_bar = tqdm(range(start_epoch, last_epoch), desc=run_dir.name, disable=not progress, unit="epoch")
+    for epoch in epochs_bar:
+        t0 = time.perf_counter()
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        model.train()
+        total_loss, correct, binary_correct, seen = 0.0, 0, 0, 0
+        for images, labels, indices in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}",
+                                            leave=False, disable=not progress, unit="batch"):
+            images, labels, indices = images.to(device), labels.to(device), indices.to(device)
+            if images.ndim == 5:  # several training crops per image: each crop is a sample
+                n = images.shape[1]
+                images = images.flatten(0, 1)
+                labels, indices = labels.repeat_interleave(n), indices.repeat_interleave(n)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(images)
+            logits = logits.float()
+            loss = loss_fn(logits, labels, indices, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                pred = logits.argmax(dim=1)
+                correct += int((pred == labels).sum())
+                binary_correct += int(((pred == negative_index) == (labels == negative_index)).sum())
+                total_loss += float(loss) * len(labels)
+                seen += len(labels)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen,
+                               "train_acc": correct / seen, "train_binary_acc": binary_correct / seen}
+        val_probs = predict_proba(model, val_part, config.image_size, config.train_crop,
+                                  config.eval_batch_size, device)
+        row.update(epoch_metrics(val_probs, val_part.labels, classes, negative_index, "val"))
+        if config.eval_test_each_epoch and test_part is not None:
+            test_probs = predict_proba(model, test_part, config.image_size, config.train_crop,
+                                       config.eval_batch_size, device)
+            row.update(epoch_metrics(test_probs, test_part.labels, classes, negative_index, "test"))
+        elapsed += time.perf_counter() - t0
+        row["time_s"] = elapsed
+        history.append(row)
+
+        snapshot = loss_fn.epoch_snapshot()
+        if snapshot is not None:
+            atomic_write(run_dir / "sat" / f"epoch_{epoch + 1:03d}.npz",
+                         lambda tmp: np.savez_compressed(tmp, **snapshot))
+        weights = {"model": model.state_dict(), "epoch": epoch, "val_auc": row["val_auc"], **meta}
+        _update_top_k(run_dir, epoch + 1, row["val_auc"], config.top_k, weights)
+        atomic_write_csv(run_dir / "history.csv", pd.DataFrame(history))
+        _save(run_dir / "checkpoints" / "last.pt", {
+            **weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "loss": loss_fn.state_dict(), "rng": _rng_state(generator), "elapsed_s": elapsed,
+        })
+        epochs_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{row['val_auc']:.4f}")
+        logger.info("%s epoch %d: train loss %.4f, val AUC %.4f, val FPR@100 %.4f", run_dir.name, epoch + 1,
+                    row["train_loss"], row["val_auc"], row["val_fpr@100"])
+
+    frame = pd.DataFrame(history)
+    best = list_checkpoints(run_dir)[0]
+    result = TrainResult(run_dir, frame, best["epoch"], best["val_auc"], elapsed, _peak_memory_mb(device), str(device))
+    if len(history) >= config.epochs:
+        done = {"best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc, "train_time_s": elapsed,
+                "peak_memory_mb": result.peak_memory_mb, "device": str(device), "epochs": len(history)}
+        atomic_write_text(run_dir / "done.json", json.dumps(done, indent=2))
+    return result

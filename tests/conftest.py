@@ -1,0 +1,31 @@
+"""Shared fixtures: a work directory per test session so tests never touch the project's data/outputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nexperia_utils.dataset import SplitData
+
+CLASSES = ["chipping", "good", "scratch"]
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXPERIA_WORKDIR", str(tmp_path))
+    return tmp_path
+
+
+def make_part(name: str, n: int, seed: int, size: int = 36) -> SplitData:
+    """A small in-memory split part: images whose class is visible (a bright square for defects)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    labels = np.array([1 if i % 3 else (0 if i % 2 else 2) for i in range(n)], dtype=np.int64)
+    images = rng.integers(60, 120, size=(n, size, size + 1), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        if label != 1:
+            x, y = rng.integers(4, size - 12, size=2)
+            images[i, y:y + 8, x:x + 8] = 230 if label == 0 else 10
+    frame = pd.DataFrame({"image_id": [f"{name}{i:03d}" for i in range(n)], "path": [f"x/{name}{i}.png" for i in range(n)],
+                          "label": [CLASSES[k] for k in labels], "split": name})
+    return SplitData(name, frame, labels, images)
