@@ -63,3 +63,6 @@ bench: setup
 
 clean-outputs:
 	rm -rf outputs/$(PROFILE)
+
+# Targets of the other tables, the error analysis, the submission and the report live in mk/*.mk.
+-include $(sort $(wildcard mk/*.mk))

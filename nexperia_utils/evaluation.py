@@ -100,7 +100,7 @@ def evaluate_run(
     predictions go to ``run_dir/predictions/<part>-<crop>-epoch<NNN>.csv``; results already
     computed for the same checkpoint are read back instead of recomputed.
     """
-    from nexperia_utils.training import list_checkpoints, load_checkpoint  # training imports this module
+    from nexperia_utils.training import list_checkpoints, load_checkpoint, read_checkpoint_meta  # training imports this module
 
     for crop in crops:
         if crop not in CROP_STYLES:
@@ -113,16 +113,19 @@ def evaluate_run(
         raise DataError(f"no checkpoints in {run_dir / 'checkpoints'}: train the model first (02_baseline.ipynb)")
     rows = []
     for entry in tqdm(entries, desc=f"evaluate {Path(run_dir).name}", disable=not progress):
-        model, meta = load_checkpoint(entry["path"], device=device)
+        meta = read_checkpoint_meta(entry["path"])
         classes = meta["classes"]
         neg = classes.index(meta["negative_class"])
         labels = np.asarray(part.labels)
+        model = None
         for crop in crops:
             pred_file = Path(run_dir) / "predictions" / f"{part.name}-{crop}-epoch{entry['epoch']:03d}.csv"
             if pred_file.exists():
                 frame = pd.read_csv(pred_file)
                 probs = frame[[f"p_{c}" for c in classes]].to_numpy()
             else:
+                if model is None:  # load the weights only when something must be predicted
+                    model, meta = load_checkpoint(entry["path"], device=device)
                 probs = predict_proba(model, part, meta["config"]["image_size"], crop, batch_size, device)
                 if save_predictions:
                     atomic_write_csv(pred_file, predictions_frame(part, probs, classes, neg))

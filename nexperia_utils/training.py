@@ -57,6 +57,8 @@ class TrainConfig:
     weights: str = "none"
     loss: str = "ce"
     loss_params: dict[str, Any] = field(default_factory=dict)
+    #: "sgd" (the report) or "adamw" (the quick profile: from scratch, few epochs, no ImageNet weights)
+    optimizer: str = "sgd"
     epochs: int = 50
     batch_size: int = 32
     lr: float = 0.001
@@ -78,6 +80,8 @@ class TrainConfig:
     eval_batch_size: int = 128
     eval_test_each_epoch: bool = False
     stn_transform: str = "affine"
+    #: learning rate of an STN's localisation network relative to ``lr`` (``*_stn`` models only)
+    stn_lr_factor: float = 1.0
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides: Any) -> "TrainConfig":
@@ -101,6 +105,10 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.top_k < 1:
             raise ConfigError("epochs, batch_size and top_k must be >= 1")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if not self.stn_lr_factor > 0:
+            raise ConfigError(f"stn_lr_factor must be > 0, got {self.stn_lr_factor}")
         if self.scheduler not in ("step", "cosine"):
             raise ConfigError(f"scheduler must be 'step' or 'cosine', got {self.scheduler!r}")
         if self.train_crop not in CROP_STYLES:
@@ -160,6 +168,19 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[tor
     return model, meta
 
 
+def read_checkpoint_meta(path: Path) -> dict:
+    """Class list, configuration and split hash of a checkpoint, without building the model.
+
+    The kept checkpoints store the same metadata as the run's ``config.json``, which is read instead
+    of the (large) weights file when it is there.
+    """
+    config_file = Path(path).parent.parent / "config.json"
+    if config_file.exists():
+        return json.loads(config_file.read_text())
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return {k: v for k, v in payload.items() if k not in ("model", "optimizer", "scheduler", "loss", "rng")}
+
+
 def list_checkpoints(run_dir: Path) -> list[dict]:
     """The kept top-k checkpoints, best validation AUC first: dicts with epoch, val_auc, path."""
     index = Path(run_dir) / "checkpoints" / "index.csv"
@@ -193,9 +214,23 @@ def _nan_low(value: float) -> float:
 # --------------------------------------------------------------------------- the loop
 
 
+def _parameter_groups(model: torch.nn.Module, config: TrainConfig) -> Any:
+    """All parameters, or two groups when an STN's localisation network learns at its own rate."""
+    stn = getattr(model, "stn", None)
+    if stn is None or config.stn_lr_factor == 1.0:
+        return model.parameters()
+    stn_ids = {id(p) for p in stn.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in stn_ids]},
+            {"params": list(stn.parameters()), "lr": config.lr * config.stn_lr_factor}]
+
+
 def _make_optimizer(model: torch.nn.Module, config: TrainConfig):
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    params = _parameter_groups(model, config)
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
     if config.scheduler == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     else:
@@ -233,6 +268,28 @@ def epoch_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str],
         row[f"{prefix}_loss/{name}"] = float(nll[mask].mean()) if mask.any() else float("nan")
         row[f"{prefix}_binary_loss/{name}"] = float(binary_nll[mask].mean()) if mask.any() else float("nan")
     return row
+
+
+def train_step(model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               labels: torch.Tensor, indices: torch.Tensor, epoch: int, device: torch.device,
+               use_amp: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch; returns (loss, logits, labels) of the samples seen.
+
+    A batch of several crops per image ``(B, n, 3, S, S)`` is flattened: each crop is a sample.
+    """
+    images, labels, indices = images.to(device), labels.to(device), indices.to(device)
+    if images.ndim == 5:
+        n = images.shape[1]
+        images = images.flatten(0, 1)
+        labels, indices = labels.repeat_interleave(n), indices.repeat_interleave(n)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        logits = model(images)
+    logits = logits.float()
+    loss = loss_fn(logits, labels, indices, epoch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach(), labels
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -317,6 +374,8 @@ def train(
         return load_result(run_dir)
 
     device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config.arch, len(classes), weights=config.weights, stn_transform=config.stn_transform).to(device)
@@ -355,18 +414,7 @@ def train(
         total_loss, correct, binary_correct, seen = 0.0, 0, 0, 0
         for images, labels, indices in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}",
                                             leave=False, disable=not progress, unit="batch"):
-            images, labels, indices = images.to(device), labels.to(device), indices.to(device)
-            if images.ndim == 5:  # several training crops per image: each crop is a sample
-                n = images.shape[1]
-                images = images.flatten(0, 1)
-                labels, indices = labels.repeat_interleave(n), indices.repeat_interleave(n)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(images)
-            logits = logits.float()
-            loss = loss_fn(logits, labels, indices, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, logits, labels = train_step(model, loss_fn, optimizer, images, labels, indices, epoch, device, use_amp)
             with torch.no_grad():
                 pred = logits.argmax(dim=1)
                 correct += int((pred == labels).sum())
