@@ -1,0 +1,91 @@
+"""07_error_analysis runs on the smoke profile after 01_split and 02_baseline (resnet18), as
+`make error-analysis PROFILE=smoke` runs it, in a temporary work directory (NEXPERIA_WORKDIR).
+
+The smoke test part holds no annotated mislabel, so the notebook gets a corrections CSV that
+relabels every good test image as `scratch`: only the top K of them may change (Table 5).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill as pm
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+
+from nexperia_utils.published import ROW_KEYS
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+K = 3
+
+
+def _kernel() -> str:
+    return "nexperia" if "nexperia" in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def _run(name: str, work: Path, out_name: str | None = None, **parameters) -> nbformat.NotebookNode:
+    out = work / "executed" / (out_name or name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters={"profile": "smoke", **parameters},
+                        kernel_name=_kernel(), cwd=str(NOTEBOOKS), progress_bar=False)
+    return nbformat.read(out, as_version=4)
+
+
+def test_error_analysis_notebook(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("NEXPERIA_WORKDIR", str(tmp_path))
+    _run("01_split.ipynb", tmp_path)
+    _run("02_baseline.ipynb", tmp_path, arch="resnet18")
+    split = pd.read_csv(next((tmp_path / "data" / "splits").glob("*.csv")), dtype={"image_id": str})
+    good_test = split[(split["split"] == "test") & (split["label"] == "good")]["image_id"]
+    corrections = tmp_path / "corrections.csv"
+    pd.DataFrame({"image_id": good_test, "corrected_label": "scratch"}).to_csv(corrections, index=False)
+
+    nb = _run("07_error_analysis.ipynb", tmp_path, top_k_relabel=K, gallery_size=6,
+              corrections_csv=str(corrections))
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+
+    out = tmp_path / "outputs" / "smoke"
+    run = "resnet18-ce"
+    # suspected mislabels: every good-labelled image of train/val/test, ranked 1..n by suspicion
+    ranking = pd.read_csv(out / "suspected_mislabels.csv", dtype={"image_id": str})
+    n_good = int((split["label"] == "good").sum())
+    assert len(ranking) == n_good and (ranking["label"] == "good").all()
+    assert ranking["rank"].tolist() == list(range(1, n_good + 1))
+    assert ranking["suspicion"].is_monotonic_decreasing
+    assert ranking["defect_score"].between(0, 1).all() and set(ranking["part"]) == {"train", "val", "test"}
+    template = pd.read_csv(out / "corrections_template.csv", dtype={"image_id": str})
+    top = ranking[ranking["part"] == "test"]["image_id"].head(K).tolist()
+    assert template["image_id"].tolist() == top
+
+    # Table 5: exactly the top K good test images were relabelled; corrected and filed columns
+    applied = pd.read_csv(out / "tables" / "table5_corrections.csv", dtype={"image_id": str})
+    assert applied["image_id"].tolist() == top and (applied["corrected_label"] == "scratch").all()
+    table5 = pd.read_csv(out / "tables" / "table5.csv", index_col=0)
+    assert list(table5.index) == list(ROW_KEYS) and list(table5.columns) == ["ResNet18", "ResNet18 (corrected)"]
+    checkpoints = pd.read_csv(out / "tables" / "table5_checkpoints.csv")
+    assert len(checkpoints) == 2 * 2  # smoke top-k 2, filed + corrected labels
+    assert checkpoints[list(ROW_KEYS)].apply(lambda c: c.between(0, 1)).all().all()
+    assert "3 of them changed label" in (out / "tables" / "table5.md").read_text()
+
+    # operating points, localisation and ranking quality tables
+    points = pd.read_csv(out / "tables" / f"07_operating_points_{run}.csv")
+    assert len(points) == 6 and points[["tpr", "fpr"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert points.iloc[-1]["missed_defects"] == 0  # TPR = 100 %: no escape by definition
+    localisation = pd.read_csv(out / "tables" / f"07_localisation_{run}.csv", index_col=0)
+    assert localisation.loc["all", "n"] >= 9  # every smoke test defect has a box
+    assert localisation[["pointing_game", "mass_in_box", "chance"]].apply(lambda c: c.between(0, 100)).all().all()
+    quality = pd.read_csv(out / "tables" / f"07_mislabel_ranking_{run}.csv")
+    assert set(quality["scope"]) >= {"all", "test"}
+
+    for name in ("confusion", "scores_per_class", "gallery_missed_at_0.5", "gallery_lowest_defects",
+                 "gallery_highest_good", "mislabel_precision_recall", "embeddings"):
+        figure = out / "figures" / f"07_{name}_{run}.png"
+        assert figure.stat().st_size > 5_000, figure
+    text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.output_type == "stream")
+    assert "features: (18, 512)" in text
+    assert np.isfinite(localisation.loc["all", "mass_in_box"])
