@@ -87,7 +87,8 @@ class TrainConfig:
     def from_profile(cls, profile: Profile, **overrides: Any) -> "TrainConfig":
         """The profile's schedule and sizes; ``overrides`` (non-None) change single fields."""
         base = dict(
-            weights=profile.weights, epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
+            weights=profile.weights, epochs=profile.epochs, batch_size=profile.batch_size,
+            optimizer=profile.optimizer, lr=profile.lr,
             momentum=profile.momentum, weight_decay=profile.weight_decay, scheduler=profile.scheduler,
             step_size=profile.step_size, gamma=profile.gamma, image_size=profile.image_size,
             seed=profile.seed, top_k=profile.top_k, num_workers=profile.num_workers,
