@@ -253,7 +253,8 @@ def epoch_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str],
     labels = np.asarray(labels)
     eps = 1e-12
     summary = metrics.summarize(probs, labels, negative_index)
-    row = {f"{prefix}_{k}": v for k, v in summary.items()}
+    short = {"accuracy": "acc", "binary_accuracy": "binary_acc"}  # the names of the train_* columns
+    row = {f"{prefix}_{short.get(k, k)}": v for k, v in summary.items()}
     nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0))
     p_good = probs[:, negative_index]
     is_good = labels == negative_index

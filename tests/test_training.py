@@ -37,7 +37,7 @@ def test_history_checkpoints_and_top_k(tmp_path, parts):
     result = _run(tmp_path, parts, "run", _config(eval_test_each_epoch=True))
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3]
-    for column in ("train_loss", "val_loss", "val_auc", "val_fpr@100", "val_acc/scratch", "val_binary_loss/good",
+    for column in ("train_loss", "train_acc", "val_acc", "val_binary_acc", "val_loss", "val_auc", "val_fpr@100", "val_acc/scratch", "val_binary_loss/good",
                    "test_fpr@100", "lr", "time_s"):
         assert column in history.columns, column
     kept = list_checkpoints(tmp_path / "run")
