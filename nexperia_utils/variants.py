@@ -217,7 +217,7 @@ def table2(results: pd.DataFrame, overview: pd.DataFrame, models: Sequence[str] 
 
     Rows: the six metrics (mean (std) in percent over each model's evaluated checkpoints, as
     :func:`nexperia_utils.reporting.summary_table`), then :data:`TIME_ROW` (training time in
-    minutes, one decimal) and :data:`MEMORY_ROW` (peak memory in MB, no decimals) from
+    minutes, two decimals so that second-long smoke runs do not print 0.0) and :data:`MEMORY_ROW` (peak memory in MB, no decimals) from
     ``overview`` (:func:`run_overview`). Columns: the models, in ``models`` order (default: as
     in ``results``).
 
@@ -232,7 +232,7 @@ def table2(results: pd.DataFrame, overview: pd.DataFrame, models: Sequence[str] 
     if absent:
         raise DataError(f"no training record (done.json) for {absent}; overview has {list(overview.index)}.")
     cost = pd.DataFrame(
-        [[f"{overview.loc[m, 'train_time_s'] / 60:.1f}" for m in table.columns],
+        [[f"{overview.loc[m, 'train_time_s'] / 60:.2f}" for m in table.columns],
          [f"{overview.loc[m, 'peak_memory_mb']:.0f}" for m in table.columns]],
         index=[TIME_ROW, MEMORY_ROW], columns=table.columns,
     )

@@ -183,7 +183,7 @@ def test_table2_adds_time_and_memory_rows(tmp_path: Path) -> None:
     assert list(table.columns) == ["ResNet18", "VGG19_bn_stn"]
     assert table.loc["auc", "ResNet18"] == "98.00 (1.41)"
     assert table.loc["auc", "VGG19_bn_stn"] == "95.00"
-    assert table.loc[TIME_ROW].tolist() == ["1.5", "10.0"]
+    assert table.loc[TIME_ROW].tolist() == ["1.50", "10.00"]
     assert table.loc[MEMORY_ROW].tolist() == ["1234", "5001"]
     with pytest.raises(DataError, match="no training record"):
         table2(results, overview.drop(index="ResNet18"), ["ResNet18", "VGG19_bn_stn"])

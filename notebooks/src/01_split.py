@@ -15,6 +15,7 @@ overwrite_split = False  # redraw an existing split
 examples_per_class = 4
 
 # %%
+%matplotlib inline
 import logging
 
 import pandas as pd

@@ -22,6 +22,7 @@ retrain = False
 device = "auto"
 
 # %%
+%matplotlib inline
 import logging
 
 import pandas as pd

@@ -31,6 +31,7 @@ device = "auto"
 n_examples = 8               # images in the Figure 2 picture
 
 # %%
+%matplotlib inline
 import logging
 
 import pandas as pd

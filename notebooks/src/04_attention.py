@@ -25,6 +25,7 @@ stn_transform = "affine"     # which STN runs go into Table 2: affine | scale_tr
 top_k = None                 # checkpoints per model in Table 2 (None: the profile's; the report: 10)
 
 # %%
+%matplotlib inline
 import logging
 
 import numpy as np

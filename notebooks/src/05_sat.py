@@ -41,6 +41,7 @@ retrain = False
 device = "auto"
 
 # %%
+%matplotlib inline
 import logging
 
 import pandas as pd

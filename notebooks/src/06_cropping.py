@@ -21,6 +21,7 @@ study_arch = "resnet34"
 device = "auto"
 
 # %%
+%matplotlib inline
 import logging
 
 import pandas as pd

@@ -39,6 +39,7 @@ device = "auto"
 seed = 0
 
 # %%
+%matplotlib inline
 import logging
 
 import numpy as np
