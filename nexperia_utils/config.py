@@ -110,7 +110,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick", data_scale=0.1, data_dir="data/synthetic", image_size=64, epochs=3,
         batch_size=32, optimizer="adamw", lr=0.001, momentum=0.9, weight_decay=5e-4, scheduler="step",
-        step_size=2, gamma=0.1, weights="none", top_k=3, eval_batch_size=128, num_workers=0, sat_es=4,
+        step_size=2, gamma=0.1, weights="none", top_k=3, eval_batch_size=128, num_workers=1, sat_es=4,
         stn_epochs=4, sat_epochs=8, sat_lr=0.001,
     ),
     "full": Profile(
