@@ -72,7 +72,9 @@ class Profile:
     @property
     def resize_size(self) -> int:
         """Shorter side after resizing, keeping the report's 255 -> 224 ratio."""
-        return int(round(self.image_size * 255 / 224))
+        from nexperia_utils.transforms import resize_size_for
+
+        return resize_size_for(self.image_size)
 
     @property
     def pretrained(self) -> bool:

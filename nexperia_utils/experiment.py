@@ -18,6 +18,7 @@ import pandas as pd
 from nexperia_utils.config import Profile, resolve_path, workdir
 from nexperia_utils.dataset import SplitData, load_split_part
 from nexperia_utils.errors import DataError
+from nexperia_utils.transforms import resize_size_for
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Experiment:
         size = image_size or self.profile.image_size
         key = f"{name}@{size}"
         if key not in self._parts:
-            resize = int(round(size * 255 / 224))
+            resize = resize_size_for(size)
             self._parts[key] = load_split_part(self.split, name, self.data_root, self.classes, resize,
                                                cache_dir(), self.progress)
         return self._parts[key]

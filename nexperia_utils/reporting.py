@@ -751,3 +751,15 @@ def save_figure(fig: Figure, out_dir: Path, name: str) -> Path:
         return atomic_save_figure(Path(out_dir) / f"{name}.png", fig)
     finally:
         plt.close(fig)
+
+
+def checkpoint_metrics(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The notebooks' view of an :func:`nexperia_utils.evaluation.evaluate_run` result.
+
+    Returns (one row per checkpoint: epoch, validation AUC, the test metrics as fractions, accuracy,
+    binary accuracy) and (mean and std over the checkpoints of the metrics, in percent, 2 decimals).
+    """
+    keys = list(ROW_KEYS)
+    per_checkpoint = results[["checkpoint", "epoch", "val_auc", *keys, "accuracy", "binary_accuracy"]]
+    mean_std = (results[keys].agg(["mean", "std"]) * 100).round(2)
+    return per_checkpoint, mean_std

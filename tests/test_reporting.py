@@ -334,3 +334,15 @@ def test_save_figure(tmp_path):
     assert path == tmp_path / "fig" / "curves.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["curves.png"]
+
+
+def test_checkpoint_metrics_view():
+    from nexperia_utils.reporting import checkpoint_metrics
+
+    results = pd.DataFrame({"checkpoint": ["a", "b"], "epoch": [1, 2], "val_auc": [0.6, 0.7],
+                            "auc": [0.5, 0.7], "fpr@99.1": [0.2, 0.4], "fpr@99.3": [0.2, 0.4], "fpr@99.5": [0.2, 0.4],
+                            "fpr@99.7": [0.2, 0.4], "fpr@100": [1.0, 0.8], "accuracy": [0.9, 0.8],
+                            "binary_accuracy": [0.9, 0.85], "model": ["ResNet18"] * 2})
+    per_checkpoint, mean_std = checkpoint_metrics(results)
+    assert list(per_checkpoint.columns)[:3] == ["checkpoint", "epoch", "val_auc"] and "model" not in per_checkpoint
+    assert mean_std.loc["mean", "auc"] == 60.0 and mean_std.loc["std", "fpr@100"] == round(0.2 / 2**0.5 * 100, 2)

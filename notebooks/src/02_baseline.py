@@ -32,7 +32,7 @@ from nexperia_utils import metrics
 from nexperia_utils.config import get_profile
 from nexperia_utils.evaluation import evaluate_run, predict_proba
 from nexperia_utils.experiment import open_experiment, train_model
-from nexperia_utils.reporting import plot_roc, plot_training_curves, save_figure
+from nexperia_utils.reporting import checkpoint_metrics, plot_roc, plot_training_curves, save_figure
 from nexperia_utils.training import list_checkpoints, load_checkpoint
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -60,10 +60,10 @@ fig
 
 # %%
 results = evaluate_run(result.run_dir, exp.part("test"), crops=["center"], top_k=P.top_k, device=device)
-shown = results[["checkpoint", "epoch", "val_auc", *metrics.METRIC_KEYS, "accuracy", "binary_accuracy"]]
+shown, mean_std = checkpoint_metrics(results)
 display(shown.style.format({c: "{:.4f}" for c in shown.columns if c not in ("checkpoint", "epoch")}))
 print("mean over checkpoints (%):")
-display((results[list(metrics.METRIC_KEYS)].agg(["mean", "std"]) * 100).round(2))
+display(mean_std)
 
 # %% [markdown]
 # ## ROC curve of the best checkpoint on the test part

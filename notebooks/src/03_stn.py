@@ -37,12 +37,11 @@ import logging
 import pandas as pd
 from IPython.display import display
 
-from nexperia_utils import metrics
 from nexperia_utils.config import get_profile
 from nexperia_utils.evaluation import evaluate_run
 from nexperia_utils.experiment import open_experiment, train_model
 from nexperia_utils.models import DISPLAY_NAMES
-from nexperia_utils.reporting import plot_training_curves, save_figure
+from nexperia_utils.reporting import checkpoint_metrics, plot_training_curves, save_figure
 from nexperia_utils.training import list_checkpoints, load_checkpoint
 from nexperia_utils.variant_plots import plot_stn_examples, plot_theta_distribution
 from nexperia_utils.variants import (
@@ -79,10 +78,10 @@ fig
 # %%
 test = exp.part("test")
 results = evaluate_run(result.run_dir, test, crops=["center"], top_k=P.top_k, device=device)
-shown = results[["checkpoint", "epoch", "val_auc", *metrics.METRIC_KEYS, "accuracy", "binary_accuracy"]]
+shown, mean_std = checkpoint_metrics(results)
 display(shown.style.format({c: "{:.4f}" for c in shown.columns if c not in ("checkpoint", "epoch")}))
 print("mean over checkpoints (%):")
-display((results[list(metrics.METRIC_KEYS)].agg(["mean", "std"]) * 100).round(2))
+display(mean_std)
 
 # %% [markdown]
 # ## Figure 2: test images before and after the learned transform

@@ -41,9 +41,11 @@ from nexperia_utils.experiment import open_experiment, train_model
 from nexperia_utils.explain import localisation_scores
 from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.published import published_caption, published_table
-from nexperia_utils.reporting import plot_roc, plot_training_curves, save_figure, side_by_side, write_table
+from nexperia_utils.reporting import (
+    checkpoint_metrics, plot_roc, plot_training_curves, save_figure, side_by_side, write_table,
+)
 from nexperia_utils.training import list_checkpoints, load_checkpoint
-from nexperia_utils.transforms import denormalise
+from nexperia_utils.transforms import denormalise, resize_size_for
 from nexperia_utils.variant_plots import plot_attention_maps
 from nexperia_utils.variants import (
     att2_layer_table, attention_maps, conv6_gradient_norm, eval_inputs, example_indices, input_boxes,
@@ -101,10 +103,10 @@ fig
 
 # %%
 results = evaluate_run(result.run_dir, test, crops=["center"], top_k=k, device=device)
-shown = results[["checkpoint", "epoch", "val_auc", *metrics.METRIC_KEYS, "accuracy", "binary_accuracy"]]
+shown, mean_std = checkpoint_metrics(results)
 display(shown.style.format({c: "{:.4f}" for c in shown.columns if c not in ("checkpoint", "epoch")}))
 print("mean over checkpoints (%):")
-display((results[list(metrics.METRIC_KEYS)].agg(["mean", "std"]) * 100).round(2))
+display(mean_std)
 
 # %% [markdown]
 # ## Where the model looks: attention maps on defect test images
@@ -118,7 +120,7 @@ display((results[list(metrics.METRIC_KEYS)].agg(["mean", "std"]) * 100).round(2)
 best = list_checkpoints(result.run_dir)[0]
 model, meta = load_checkpoint(best["path"], device="cpu")
 size = meta["config"]["image_size"]
-resize = int(round(size * 255 / 224))
+resize = resize_size_for(size)
 boxes = input_boxes(test.frame, exp.annotations(), exp.data_root, resize, size)
 with_box = [i for i, b in enumerate(boxes) if b is not None and b[2] > 0 and b[3] > 0
             and test.labels[i] != exp.negative_index]
