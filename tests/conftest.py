@@ -1,8 +1,12 @@
 """Shared fixtures: a work directory per test session so tests never touch the project's data/outputs."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from nexperia_utils.dataset import SplitData
 
@@ -13,6 +17,30 @@ CLASSES = ["chipping", "good", "scratch"]
 def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("NEXPERIA_WORKDIR", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def smoke_workdir(tmp_path_factory) -> Iterator[Path]:
+    """One work directory per test module, set as NEXPERIA_WORKDIR while the module runs."""
+    work = tmp_path_factory.mktemp("work")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NEXPERIA_WORKDIR", str(work))
+        yield work
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: the test machine's few cores are shared with other jobs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def torch_seed() -> None:
+    """Seed torch's global generator before each test."""
+    torch.manual_seed(0)
 
 
 def make_part(name: str, n: int, seed: int, size: int = 36) -> SplitData:

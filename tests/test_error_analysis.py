@@ -13,19 +13,13 @@ from matplotlib.figure import Figure
 
 from nexperia_utils import error_analysis as ea
 from nexperia_utils import metrics
-from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.models import build_model, classifier_head
 
 from conftest import CLASSES, make_part
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- operating points

@@ -27,13 +27,7 @@ from nexperia_utils.models import ARCHITECTURES, build_model
 NEGATIVE = 4  # index of "good" in the 10-class order; looked up by name in real code
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the test machine's few cores are shared with other jobs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _is_degenerate(maps: np.ndarray) -> list[bool]:

@@ -4,39 +4,13 @@ The notebooks write into a temporary work directory (NEXPERIA_WORKDIR), never in
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
 import pandas as pd
-import papermill as pm
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
 
+from helpers import run_notebook
 from nexperia_utils.published import ROW_KEYS
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
-
-
-def _kernel() -> str:
-    return "nexperia" if "nexperia" in KernelSpecManager().find_kernel_specs() else "python3"
-
-
-@pytest.fixture(scope="module")
-def smoke_workdir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("work")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NEXPERIA_WORKDIR", str(work))
-        yield work
-
-
-def run_notebook(name: str, work: Path, **parameters) -> nbformat.NotebookNode:
-    out = work / "executed" / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters={"profile": "smoke", **parameters},
-                        kernel_name=_kernel(), cwd=str(NOTEBOOKS), progress_bar=False)
-    return nbformat.read(out, as_version=4)
 
 
 def test_split_notebook(smoke_workdir):

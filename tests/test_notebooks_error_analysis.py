@@ -6,50 +6,32 @@ relabels every good test image as `scratch`: only the top K of them may change (
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
 import numpy as np
 import pandas as pd
-import papermill as pm
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
 
+from helpers import run_notebook
 from nexperia_utils.published import ROW_KEYS
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 K = 3
 
 
-def _kernel() -> str:
-    return "nexperia" if "nexperia" in KernelSpecManager().find_kernel_specs() else "python3"
-
-
-def _run(name: str, work: Path, out_name: str | None = None, **parameters) -> nbformat.NotebookNode:
-    out = work / "executed" / (out_name or name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters={"profile": "smoke", **parameters},
-                        kernel_name=_kernel(), cwd=str(NOTEBOOKS), progress_bar=False)
-    return nbformat.read(out, as_version=4)
-
-
-def test_error_analysis_notebook(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("NEXPERIA_WORKDIR", str(tmp_path))
-    _run("01_split.ipynb", tmp_path)
-    _run("02_baseline.ipynb", tmp_path, arch="resnet18")
-    split = pd.read_csv(next((tmp_path / "data" / "splits").glob("*.csv")), dtype={"image_id": str})
+def test_error_analysis_notebook(smoke_workdir) -> None:
+    work = smoke_workdir
+    run_notebook("01_split.ipynb", work)
+    run_notebook("02_baseline.ipynb", work, arch="resnet18")
+    split = pd.read_csv(next((work / "data" / "splits").glob("*.csv")), dtype={"image_id": str})
     good_test = split[(split["split"] == "test") & (split["label"] == "good")]["image_id"]
-    corrections = tmp_path / "corrections.csv"
+    corrections = work / "corrections.csv"
     pd.DataFrame({"image_id": good_test, "corrected_label": "scratch"}).to_csv(corrections, index=False)
 
-    nb = _run("07_error_analysis.ipynb", tmp_path, top_k_relabel=K, gallery_size=6,
-              corrections_csv=str(corrections))
+    nb = run_notebook("07_error_analysis.ipynb", work, top_k_relabel=K, gallery_size=6,
+                      corrections_csv=str(corrections))
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
 
-    out = tmp_path / "outputs" / "smoke"
+    out = work / "outputs" / "smoke"
     run = "resnet18-ce"
     # suspected mislabels: every good-labelled image of train/val/test, ranked 1..n by suspicion
     ranking = pd.read_csv(out / "suspected_mislabels.csv", dtype={"image_id": str})

@@ -7,46 +7,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
-import numpy as np
 import pandas as pd
-import papermill as pm
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
 
+from helpers import run_notebook
 from nexperia_utils.published import ROW_KEYS
 from nexperia_utils.sat_study import SAT_LOSSES, STUDY_LOSSES, study_run_name
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
 #: Two epochs (SAT from the second): the smoke profile's study, kept short for the shared CPU.
 EPOCHS = 2
 
 
-def _kernel() -> str:
-    return "nexperia" if "nexperia" in KernelSpecManager().find_kernel_specs() else "python3"
-
-
-def _run(work: Path, out_name: str, **parameters) -> nbformat.NotebookNode:
-    out = work / "executed" / out_name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(NOTEBOOKS / "05_sat.ipynb"), str(out),
-                        parameters={"profile": "smoke", "epochs": EPOCHS, **parameters},
-                        kernel_name=_kernel(), cwd=str(NOTEBOOKS), progress_bar=False)
-    return nbformat.read(out, as_version=4)
-
-
 @pytest.fixture(scope="module")
-def sat_workdir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("satwork")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NEXPERIA_WORKDIR", str(work))
-        _run(work, "05_sat-train.ipynb", loss="all", compare=False)
-        done = {loss: _done_time(work, loss) for loss in STUDY_LOSSES}
-        nb = _run(work, "05_sat.ipynb", loss="none", compare=True)
-        yield work, done, nb
+def sat_workdir(smoke_workdir):
+    """Train every loss, then run the comparison only; (work dir, done.json times, comparison notebook)."""
+    work = smoke_workdir
+    run_notebook("05_sat.ipynb", work, "05_sat-train.ipynb", epochs=EPOCHS, loss="all", compare=False)
+    done = {loss: _done_time(work, loss) for loss in STUDY_LOSSES}
+    nb = run_notebook("05_sat.ipynb", work, "05_sat.ipynb", epochs=EPOCHS, loss="none", compare=True)
+    return work, done, nb
 
 
 def _done_time(work: Path, loss: str) -> int:

@@ -15,36 +15,13 @@ import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
 
+from helpers import run_notebook
 from nexperia_utils import kaggle, synthetic
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
-
-
-
-def _kernel() -> str:
-    return "nexperia" if "nexperia" in KernelSpecManager().find_kernel_specs() else "python3"
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    work = tmp_path_factory.mktemp("work")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NEXPERIA_WORKDIR", str(work))
-        yield work
-
-
-def run_notebook(work: Path, name: str = "08_submission.ipynb", out_name: str | None = None,
-                 **parameters) -> nbformat.NotebookNode:
-    out = work / "executed" / (out_name or name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters={"profile": "smoke", **parameters},
-                        kernel_name=_kernel(), cwd=str(NOTEBOOKS), progress_bar=False)
-    return nbformat.read(out, as_version=4)
+SUBMISSION = "08_submission.ipynb"
 
 
 def _text(nb: nbformat.NotebookNode) -> str:
@@ -57,10 +34,10 @@ def _text(nb: nbformat.NotebookNode) -> str:
     return "\n".join(parts)
 
 
-def test_stage1_submission_on_the_synthetic_export(work):
-    nb = run_notebook(work, out_name="08_stage1.ipynb")
-    outputs = work / "outputs" / "smoke"
-    root = work / "data" / "kaggle-stage1-synthetic-smoke"
+def test_stage1_submission_on_the_synthetic_export(smoke_workdir):
+    nb = run_notebook(SUBMISSION, smoke_workdir, "08_stage1.ipynb")
+    outputs = smoke_workdir / "outputs" / "smoke"
+    root = smoke_workdir / "data" / "kaggle-stage1-synthetic-smoke"
     key = synthetic.answer_key_path(root)
     assert kaggle.detect_stage(root) == 1 and key.is_file() and root not in key.parents
 
@@ -87,29 +64,30 @@ def test_stage1_submission_on_the_synthetic_export(work):
     assert "image/png" in json.dumps([o for c in nb.cells for o in c.get("outputs", [])])  # figures shown inline
 
 
-def test_rerun_reuses_the_trained_run(work):
-    done = work / "outputs" / "smoke" / "runs" / "resnet18-ce-kaggle1" / "done.json"
+def test_rerun_reuses_the_trained_run(smoke_workdir):
+    done = smoke_workdir / "outputs" / "smoke" / "runs" / "resnet18-ce-kaggle1" / "done.json"
     stamp = done.stat().st_mtime_ns
-    run_notebook(work, out_name="08_best_ten.ipynb", ensemble="best", crop="ten")
+    run_notebook(SUBMISSION, smoke_workdir, "08_best_ten.ipynb", ensemble="best", crop="ten")
     assert done.stat().st_mtime_ns == stamp  # not retrained
-    summary = pd.read_csv(work / "outputs" / "smoke" / "tables" / "submission_summary.csv", index_col=0)["value"]
+    summary_csv = smoke_workdir / "outputs" / "smoke" / "tables" / "submission_summary.csv"
+    summary = pd.read_csv(summary_csv, index_col=0)["value"]
     assert "ten crop, best checkpoint" in summary["model"]
 
 
-def test_stage2_submission(work):
-    run_notebook(work, out_name="08_stage2.ipynb", stage=2)
-    root = work / "data" / "kaggle-stage2-synthetic-smoke"
+def test_stage2_submission(smoke_workdir):
+    run_notebook(SUBMISSION, smoke_workdir, "08_stage2.ipynb", stage=2)
+    root = smoke_workdir / "data" / "kaggle-stage2-synthetic-smoke"
     data = kaggle.read_kaggle_layout(root)
     assert data.stage == 2
-    frame = pd.read_csv(work / "outputs" / "smoke" / "submission.csv", dtype={"id": str})
+    frame = pd.read_csv(smoke_workdir / "outputs" / "smoke" / "submission.csv", dtype={"id": str})
     assert list(frame.columns) == ["id", "defect_score"]
     kaggle.validate_submission(frame, kaggle.test_ids(data), stage=2)
-    assert (work / "outputs" / "smoke" / "runs" / "resnet18-ce-kaggle2" / "done.json").is_file()
+    assert (smoke_workdir / "outputs" / "smoke" / "runs" / "resnet18-ce-kaggle2" / "done.json").is_file()
 
 
-def test_missing_data_root_fails_clearly(work, tmp_path):
+def test_missing_data_root_fails_clearly(smoke_workdir, tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="does not exist"):
-        run_notebook(work, out_name="08_missing.ipynb", data_root=str(tmp_path / "no-such-folder"))
+        run_notebook(SUBMISSION, smoke_workdir, "08_missing.ipynb", data_root=str(tmp_path / "no-such-folder"))
 
 
 def _easy_stage1(root: Path, seed: int = 0) -> Path:
@@ -142,15 +120,15 @@ def _easy_stage1(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def test_submission_beats_chance(work, tmp_path):
+def test_submission_beats_chance(smoke_workdir, tmp_path):
     """On data a smoke model can learn, the submission ranks defects above good images (AUC > 0.5).
 
     This catches every wiring error that a weak model hides: class mapped by index instead of name
     (bad_1 sorts before good_0), ids and scores out of step, a score that is p(good).
     """
     root = _easy_stage1(tmp_path / "easy-stage1")
-    run_notebook(work, out_name="08_easy.ipynb", data_root=str(root), run="resnet18-ce-easy1")
-    csv = work / "outputs" / "smoke" / "submission.csv"
+    run_notebook(SUBMISSION, smoke_workdir, "08_easy.ipynb", data_root=str(root), run="resnet18-ce-easy1")
+    csv = smoke_workdir / "outputs" / "smoke" / "submission.csv"
     data = kaggle.read_kaggle_layout(root)
     kaggle.validate_submission(pd.read_csv(csv, dtype={"id": str}), kaggle.test_ids(data), stage=1)
     auc = kaggle.score_submission(csv, synthetic.answer_key_path(root))

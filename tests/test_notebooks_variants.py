@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import nbformat
 import pandas as pd
-import papermill as pm
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
 
+from helpers import run_notebook
 from nexperia_utils.config import get_profile
 from nexperia_utils.published import ROW_KEYS
 from nexperia_utils.variants import MEMORY_ROW, TABLE2_ROWS, TIME_ROW
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
 SMOKE = get_profile("smoke")
 #: epochs of the runs the fixture trains (VGG models: one epoch to keep the module short)
 EPOCHS = {"resnet18": SMOKE.epochs, "vgg19_bn": 1, "resnet18_stn": SMOKE.stn_epochs, "vgg19_bn_stn": 1}
@@ -29,29 +25,15 @@ MODELS = ["ResNet18", "VGG19_bn", "ResNet18_stn", "VGG19_bn_stn", "ResNet_att_2"
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
 
-def _kernel() -> str:
-    return "nexperia" if "nexperia" in KernelSpecManager().find_kernel_specs() else "python3"
-
-
-def run_notebook(name: str, work: Path, tag: str = "", **parameters) -> nbformat.NotebookNode:
-    out = work / "executed" / f"{Path(name).stem}{tag}.ipynb"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters={"profile": "smoke", **parameters},
-                        kernel_name=_kernel(), cwd=str(NOTEBOOKS), progress_bar=False)
-    return nbformat.read(out, as_version=4)
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(smoke_workdir):
     """A work directory with the two baselines and the two STN models trained (smoke profile)."""
-    work = tmp_path_factory.mktemp("variants")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NEXPERIA_WORKDIR", str(work))
-        for arch in ("resnet18", "vgg19_bn"):
-            run_notebook("02_baseline.ipynb", work, f"-{arch}", arch=arch, epochs=EPOCHS[arch])
-        notebooks = {arch: run_notebook("03_stn.ipynb", work, f"-{arch}", arch=arch, epochs=EPOCHS[arch])
-                     for arch in ("resnet18_stn", "vgg19_bn_stn")}
-        yield work, notebooks
+    work = smoke_workdir
+    for arch in ("resnet18", "vgg19_bn"):
+        run_notebook("02_baseline.ipynb", work, f"02_baseline-{arch}.ipynb", arch=arch, epochs=EPOCHS[arch])
+    notebooks = {arch: run_notebook("03_stn.ipynb", work, f"03_stn-{arch}.ipynb", arch=arch, epochs=EPOCHS[arch])
+                 for arch in ("resnet18_stn", "vgg19_bn_stn")}
+    return work, notebooks
 
 
 def _outputs_text(nb: nbformat.NotebookNode) -> str:
