@@ -435,7 +435,7 @@ def _roc_inputs(label: str, y_defect, score) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str = "") -> Figure:
-    """ROC curves (defect = positive) with an inset zoomed on TPR 99-100 %.
+    """ROC curves (defect = positive) beside a panel zoomed on TPR 99-100 %.
 
     Args:
         curves: label -> ``(y_defect, score)``, ``y_defect`` 0/1 and ``score`` the defect score.
@@ -443,14 +443,14 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str = "
 
     The legend gives each curve's AUC. The inset's x range is fitted to the FPRs at which the
     curves cross TPR 99 % and reach TPR 100 %; dotted lines mark the tables' TPR thresholds
-    (99.1, 99.3, 99.5, 99.7, 100 %). ``fig.axes`` holds the main axes; the inset is
-    its ``child_axes[0]``.
+    (99.1, 99.3, 99.5, 99.7, 100 %). ``fig.axes`` holds the full curve and the zoom, in this
+    order; side by side, so the zoom never hides a curve (a near-chance model's curve runs
+    through the lower right, where an inset would sit).
     """
     if not isinstance(curves, Mapping) or not curves:
         raise DataError("plot_roc: pass a non-empty dict label -> (y_defect, score).")
-    fig = _new_figure((8.0, 6.5))
-    ax = fig.add_subplot(1, 1, 1)
-    inset = ax.inset_axes([0.36, 0.08, 0.6, 0.55])
+    fig = _new_figure((12.0, 5.5))
+    ax, inset = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1.0]})
     colors = _palette(len(curves))
     lo, hi = math.inf, -math.inf
     for (label, (y_defect, score)), color in zip(curves.items(), colors):
@@ -475,17 +475,13 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str = "
     inset.set_xlim(max(lo - pad, 0.0), min(hi + pad, 100.0))
     inset.set_ylim(98.95, 100.05)
     inset.set_yticks([99.0, *_TPR_MARKS_PCT])
-    inset.set_title("zoom on TPR 99-100 %; dotted: the tables' TPR thresholds", fontsize=8)
-    inset.set_xlabel("FPR (%)", fontsize=8)
-    inset.set_ylabel("TPR (%)", fontsize=8)
-    inset.tick_params(labelsize=7)
+    inset.set_title("zoom on TPR 99-100 %; dotted: the tables' TPR thresholds", fontsize=10)
+    inset.set_xlabel("false positive rate (%)")
+    inset.set_ylabel("true positive rate (%)")
     inset.grid(axis="x", alpha=0.3)
-    if len(curves) <= 4:
-        # the empty band between the curves (along the top) and the inset
-        ax.legend(loc="lower left", bbox_to_anchor=(0.36, 0.68), fontsize=9, framealpha=0.95)
-    else:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=9)
-    ax.set_title(title or "ROC curve (defect = positive)")
+    ax.legend(loc="lower right", fontsize=9 if len(curves) <= 6 else 7, framealpha=0.95)
+    ax.set_title("full curve")
+    fig.suptitle(title or "ROC curve (defect = positive)")
     return fig
 
 

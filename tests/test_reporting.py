@@ -261,8 +261,7 @@ def _roc_data(seed: int, n_good: int = 400, n_defect: int = 100, shift: float = 
 def test_plot_roc():
     fig = reporting.plot_roc({"a": _roc_data(0), "b": _roc_data(1, shift=4.0)}, title="ROC")
     assert isinstance(fig, Figure)
-    (main,) = fig.axes
-    (inset,) = main.child_axes
+    main, inset = fig.axes
     assert len(main.get_lines()) == 3  # two curves + chance line
     assert len(inset.get_lines()) == 2 + 5  # two curves + TPR threshold marks
     legend = [t.get_text() for t in main.get_legend().get_texts()]
