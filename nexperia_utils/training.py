@@ -6,7 +6,10 @@ run folder::
     config.json                 the TrainConfig, the split's hash, the class list
     history.csv                 one row per epoch: train/val loss, accuracies, AUC, FPRs, per class
     checkpoints/epoch_NNN.pt    the ``top_k`` checkpoints with the best validation AUC
-    checkpoints/last.pt         the latest state (model, optimiser, scheduler, loss, RNG states)
+    checkpoints/last.pt         the latest state (model, optimiser, scheduler, loss, RNG states), while training
+    checkpoints/final.pt        once finished: the last epoch's model and loss state, without the optimiser
+                                (``last.pt`` is then removed: it is three times the model's size with AdamW
+                                and a finished run is never resumed)
     checkpoints/index.csv       epoch and validation AUC of the kept checkpoints, best first
     sat/epoch_NNN.npz           per-sample SAT weights and soft targets (SAT losses only)
     done.json                   written last: training time, peak memory, device
@@ -460,5 +463,9 @@ def train(
     if len(history) >= config.epochs:
         done = {"best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc, "train_time_s": elapsed,
                 "peak_memory_mb": result.peak_memory_mb, "device": str(device), "epochs": len(history)}
+        final = {"model": model.state_dict(), "loss": loss_fn.state_dict(), "epoch": len(history) - 1,
+                 "val_auc": float(frame["val_auc"].iloc[-1]), **meta}
+        _save(run_dir / "checkpoints" / "final.pt", final)
         atomic_write_text(run_dir / "done.json", json.dumps(done, indent=2))
+        (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
     return result

@@ -1,6 +1,8 @@
 """Shared fixtures: a work directory per test session so tests never touch the project's data/outputs."""
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +23,18 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def smoke_workdir(tmp_path_factory) -> Iterator[Path]:
-    """One work directory per test module, set as NEXPERIA_WORKDIR while the module runs."""
+    """One work directory per test module, set as NEXPERIA_WORKDIR while the module runs.
+
+    Removed when the module ends: the checkpoints of a module's trained runs take gigabytes (VGG19_bn
+    has 140 M parameters), and a full disk fails the next module's ``torch.save``. Set
+    ``NEXPERIA_KEEP_TEST_WORK=1`` to keep them for a look.
+    """
     work = tmp_path_factory.mktemp("work")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NEXPERIA_WORKDIR", str(work))
         yield work
+    if not os.environ.get("NEXPERIA_KEEP_TEST_WORK"):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -67,9 +67,14 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, parts, 
     _run(tmp_path, parts, "straight", config)
     partial = _run(tmp_path, parts, "resumed", config, stop_after=1)
     assert len(partial.history) == 1 and not (tmp_path / "resumed" / "done.json").exists()
+    assert (tmp_path / "resumed" / "checkpoints" / "last.pt").exists()
     _run(tmp_path, parts, "resumed", config)
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    # once finished, the resume state (3x the model with AdamW) gives way to the final weights
+    assert not (tmp_path / "resumed" / "checkpoints" / "last.pt").exists()
+    model, meta = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "final.pt")
+    assert meta["epoch"] == config.epochs - 1
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "final.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "final.pt", weights_only=True)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     for key in a["loss"]:
@@ -87,9 +92,9 @@ def test_sat_exports_per_epoch_snapshots(tmp_path, parts):
 
 def test_finished_run_is_not_retrained_and_a_different_config_is_refused(tmp_path, parts):
     _run(tmp_path, parts, "run", _config(epochs=1))
-    mtime = (tmp_path / "run" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    mtime = (tmp_path / "run" / "checkpoints" / "final.pt").stat().st_mtime_ns
     again = _run(tmp_path, parts, "run", _config(epochs=1))
-    assert (tmp_path / "run" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+    assert (tmp_path / "run" / "checkpoints" / "final.pt").stat().st_mtime_ns == mtime
     assert len(again.history) == 1
     with pytest.raises(ConfigError, match="overwrite=True"):
         _run(tmp_path, parts, "run", _config(epochs=1, lr=0.5))
