@@ -616,6 +616,10 @@ def plot_per_class_curves(
         ax.set_title(heading, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+        if not any(_is_loss(m) for m in metrics):
+            # one 0-100 % scale for every panel: a class stuck at 0 % or 100 % would otherwise
+            # get an autoscaled axis of +-0.04 % that reads like a real curve
+            ax.set_ylim(-4.0, 104.0)
     for ax in axes[len(classes):]:
         ax.remove()
     for ax in grid[-1]:

@@ -299,6 +299,9 @@ def test_plot_per_class_curves():
     assert fig.axes[1].get_title() == "good (200/20/22)"
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["CE", "SAT"]
     assert np.nanmax(fig.axes[0].get_lines()[0].get_ydata()) > 1.0  # shown in percent
+    assert all(ax.get_ylim() == (-4.0, 104.0) for ax in fig.axes)  # one 0-100 % scale per panel
+    losses = reporting.plot_per_class_curves(histories, "val_loss")
+    assert losses.axes[0].get_ylim() != (-4.0, 104.0)  # losses keep their own scale
     fig2 = reporting.plot_per_class_curves({"CE": _history(classes=[f"c{i}" for i in range(10)])},
                                            ["val_acc", "val_binary_acc"])
     assert len(fig2.axes) == 10 and all(len(ax.get_lines()) == 2 for ax in fig2.axes)
