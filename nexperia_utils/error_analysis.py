@@ -785,8 +785,11 @@ def plot_confusion(confusion: pd.DataFrame, title: str = "") -> Figure:
     fig = _figure((1.0 + 0.75 * n, 0.8 + 0.65 * n))
     ax = fig.add_subplot(1, 1, 1)
     shown = np.where(share > 0, share, np.nan)
+    # the colour scale spans at least 1 % .. 100 %: a model that predicts one class for every image
+    # (every share 0 or 1) would otherwise get a collapsed scale
+    smallest = np.nanmin(shown) if np.isfinite(shown).any() else 1e-3
     sns.heatmap(pd.DataFrame(shown, index=confusion.index, columns=confusion.columns), ax=ax, cmap="Blues",
-                norm=LogNorm(vmin=max(1e-3, np.nanmin(shown) if np.isfinite(shown).any() else 1e-3), vmax=1.0),
+                norm=LogNorm(vmin=max(1e-3, min(0.01, smallest)), vmax=1.0),
                 annot=counts, fmt="d", annot_kws={"fontsize": 8}, cbar_kws={"label": "share of the row (log)"},
                 linewidths=0.5, linecolor="0.9", square=True)
     ax.set_xlabel("predicted class (argmax)")

@@ -300,6 +300,10 @@ def test_embed_2d() -> None:
 def test_figures_build() -> None:
     pred = _predictions()
     assert isinstance(ea.plot_confusion(ea.confusion_frame(pred["label"], pred["predicted"], CLASSES)), Figure)
+    # a model that predicts `good` for everything: every share is 0 or 1, the scale still spans 1-100 %
+    everything_good = ea.plot_confusion(ea.confusion_frame(pred["label"], ["good"] * len(pred), CLASSES))
+    norm = everything_good.axes[0].collections[0].norm
+    assert (norm.vmin, norm.vmax) == (0.01, 1.0)
     fig = ea.plot_score_distributions(pred, CLASSES, {"0.5": 0.5, "TPR = 100 %": 0.99}, marked={"a"})
     assert fig.axes[0].get_xscale() == "logit"
     ranking = ea.suspected_mislabels(pred, "good")
