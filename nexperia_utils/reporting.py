@@ -592,6 +592,9 @@ def plot_per_class_curves(
     by_metric = len(histories) == 1 and len(metrics) > 1  # one run: colour by metric instead
     colors = _palette(len(metrics) if by_metric else len(histories))
     styles = ["-", "--", ":", "-."]
+    # rates get one 0-100 % scale in every panel: a class stuck at 0 % or 100 % would otherwise
+    # get an autoscaled axis of +-0.04 % that reads like a real curve
+    rates_only = not any(_is_loss(m) for m in metrics)
     handles: dict[str, object] = {}
     for ax, cls in zip(axes, classes):
         for r_index, (run, history) in enumerate(histories.items()):
@@ -616,9 +619,7 @@ def plot_per_class_curves(
         ax.set_title(heading, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        if not any(_is_loss(m) for m in metrics):
-            # one 0-100 % scale for every panel: a class stuck at 0 % or 100 % would otherwise
-            # get an autoscaled axis of +-0.04 % that reads like a real curve
+        if rates_only:
             ax.set_ylim(-4.0, 104.0)
     for ax in axes[len(classes):]:
         ax.remove()
