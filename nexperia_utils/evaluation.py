@@ -34,7 +34,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_proba(
     model: torch.nn.Module,
     part: SplitData,
@@ -44,8 +44,13 @@ def predict_proba(
     device: str | torch.device = "cpu",
     progress: bool = False,
     num_workers: int = 0,
+    amp: bool = True,
 ) -> np.ndarray:
-    """Softmax probabilities ``(N, C)`` of every image of ``part``, averaged over the crops."""
+    """Softmax probabilities ``(N, C)`` of every image of ``part``, averaged over the crops.
+
+    ``amp``: the forward pass under bf16 autocast with channels_last inputs (2-3x faster on this
+    CPU); the softmax is always taken in float32 of the logits. ``amp=False`` is plain float32.
+    """
     device = resolve_device(device)
     n_crops = {"center": 1, "five": 5, "ten": 10}[crop]
     loader = DataLoader(
@@ -57,7 +62,7 @@ def predict_proba(
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
-    use_amp = device.type == "cuda"
+    use_amp = bool(amp)
     for images, _, _ in tqdm(loader, desc=f"predict {part.name} ({crop})", disable=not progress, leave=False):
         images = images.to(device, non_blocking=True)
         if images.ndim == 5:  # (B, n_crops, 3, S, S)
@@ -65,6 +70,8 @@ def predict_proba(
             images = images.flatten(0, 1)
         else:
             b, n = images.shape[0], 1
+        if use_amp:
+            images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = model(images)
         probs = F.softmax(logits.float(), dim=1).view(b, n, -1).mean(dim=1)

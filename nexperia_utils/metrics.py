@@ -147,10 +147,15 @@ def _as_binary(y_defect: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.
 
 # --------------------------------------------------------------------------- scores and ROC
 def defect_score(probs: np.ndarray, negative_index: int) -> np.ndarray:
-    """Defect score ``1 - p(negative)`` per row (= the sum of the defect-class probabilities)."""
+    """Defect score per row: the sum of the defect-class probabilities (= ``1 - p(negative)``).
+
+    Summed rather than computed as ``1 - p(negative)``: for a confidently good image p(negative)
+    rounds to 1.0 in float32 and every such image would tie at score 0, where FPR at TPR = 100 % is
+    decided; the small defect probabilities keep their order.
+    """
     p = _as_probs(probs)
     neg = _check_index(negative_index, p.shape[1])
-    return 1.0 - p[:, neg]
+    return np.delete(p, neg, axis=1).sum(axis=1)
 
 
 def is_defect(labels: np.ndarray, negative_index: int) -> np.ndarray:

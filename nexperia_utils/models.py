@@ -8,6 +8,14 @@ transformer (``*_stn``, :mod:`nexperia_utils.stn`) or extended with attention
 Weights never come from the network: ``"imagenet"`` reads torchvision's ImageNet file from the
 local torch hub cache (:func:`imagenet_weights_path`) and fails with a clear message when it is
 not there; a path loads a state dict saved earlier (a whole model or a torchvision backbone).
+
+Input normalisation (``input_norm``): ``"imagenet"`` feeds the model the ImageNet-normalised
+input of :mod:`nexperia_utils.transforms` as is (the report); ``"image"`` standardises every image
+to zero mean and unit variance first (:func:`standardise_per_image`, a forward pre-hook on the
+model, so parameter names and layers stay torchvision's). The images are grey and the ImageNet
+normalisation is affine per channel, so that is the per-image standardisation of the grey image.
+It removes each image's gain and offset (lighting, exposure), which a from-scratch model otherwise
+spends its first epochs learning to ignore (measured in ``docs/LEARNING.md``).
 """
 from __future__ import annotations
 
@@ -73,6 +81,9 @@ _HEAD_PREFIXES: dict[str, str] = {
     "vgg19_bn": "classifier.6.",
 }
 
+#: Input normalisations a model can be built with (see the module docstring).
+INPUT_NORMS: tuple[str, ...] = ("imagenet", "image")
+
 #: Keys under which training checkpoints commonly nest the model state dict.
 _NESTED_STATE_KEYS: tuple[str, ...] = ("model_state_dict", "state_dict", "model_state", "model")
 
@@ -112,10 +123,13 @@ def imagenet_weights_path(arch: str) -> Path:
 
 def _torchvision_backbone(backbone: str, num_classes: int) -> nn.Module:
     """A randomly initialised torchvision backbone with its head resized to ``num_classes``."""
-    model = torchvision.models.get_model(backbone, weights=None)
     if backbone.startswith("resnet"):
+        # zero_init_residual: every residual block starts as the identity (Goyal et al. 2017), which
+        # trains a from-scratch ResNet faster; ImageNet weights overwrite it.
+        model = torchvision.models.get_model(backbone, weights=None, zero_init_residual=True)
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     else:
+        model = torchvision.models.get_model(backbone, weights=None)
         last = model.classifier[-1]
         model.classifier[-1] = nn.Linear(last.in_features, num_classes)
     return model
@@ -255,8 +269,22 @@ def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
     return _unwrap_state_dict(raw, path)
 
 
+def standardise_per_image(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Forward pre-hook: each image of the batch ``(B, C, H, W)`` to zero mean and unit variance.
+
+    Mean and variance are taken per image over all its channels and pixels; a flat image (variance
+    below 1e-6) becomes all zeros instead of dividing by zero.
+    """
+    x = args[0]
+    flat = x.float().flatten(1)
+    mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+    std = flat.std(dim=1).clamp_min(1e-3).view(-1, 1, 1, 1)
+    return ((x - mean) / std).to(x.dtype), *args[1:]
+
+
 def build_model(
-    arch: str, num_classes: int, weights: str | Path | None = "none", stn_transform: str = "affine"
+    arch: str, num_classes: int, weights: str | Path | None = "none", stn_transform: str = "affine",
+    input_norm: str = "imagenet",
 ) -> nn.Module:
     """Build ``arch`` with a ``num_classes``-way head.
 
@@ -268,6 +296,8 @@ def build_model(
             a state dict file: of the whole model, or of a torchvision backbone (its head is
             skipped). For ``_stn`` / ``_att2`` the ImageNet/backbone weights go to the backbone.
         stn_transform: ``"affine"`` or ``"scale_translation"`` (``_stn`` architectures only).
+        input_norm: ``"imagenet"`` (the input as the transforms give it) or ``"image"``
+            (per-image standardisation first, :func:`standardise_per_image`).
 
     Returns:
         The model, in training mode, on the CPU.
@@ -281,7 +311,11 @@ def build_model(
         raise ConfigError(f"num_classes must be a positive integer; got {num_classes!r}.")
     if stn_transform not in TRANSFORMS:
         raise ConfigError(f"Unknown stn_transform {stn_transform!r}; use one of {sorted(TRANSFORMS)}.")
+    if input_norm not in INPUT_NORMS:
+        raise ConfigError(f"Unknown input_norm {input_norm!r}; use one of {list(INPUT_NORMS)}.")
     model = _create(arch, num_classes, stn_transform)
+    if input_norm == "image":
+        model.register_forward_pre_hook(standardise_per_image)
 
     if weights is None or (isinstance(weights, str) and weights.strip().lower() == "none"):
         return model

@@ -45,11 +45,12 @@ from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError
 from nexperia_utils.evaluation import predict_proba, resolve_device
 from nexperia_utils.io import atomic_write, atomic_write_csv, atomic_write_text
-from nexperia_utils.transforms import CROP_STYLES, train_crop_transform
+from nexperia_utils.transforms import AUGMENTATIONS, CROP_STYLES, train_crop_transform
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("none", "bootstrap", "without_replacement")
+SAMPLERS = ("none", "bootstrap", "without_replacement", "binary")
+SCHEDULERS = ("step", "cosine", "onecycle")
 
 
 @dataclass
@@ -67,17 +68,26 @@ class TrainConfig:
     lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    #: "step" and "cosine" step once per epoch; "onecycle" (from-scratch profiles) once per batch:
+    #: linear warm-up over the first quarter of the steps to ``lr``, then cosine annealing
     scheduler: str = "step"
     step_size: int = 14
     gamma: float = 0.1
     image_size: int = 224
     augment: bool = True
+    #: "report": the report's rotation/jitter/affine; "flip": horizontal flip, small affine, jitter
+    augmentation: str = "report"
+    #: "imagenet" (the report) or "image": per-image standardisation in the model's first step
+    input_norm: str = "imagenet"
     train_crop: str = "center"
+    #: "none" (shuffle), "bootstrap"/"without_replacement" (``sampler_per_class`` of every class) or
+    #: "binary" (as many draws as training images, half of them good and half defects, with replacement)
     sampler: str = "none"
     sampler_per_class: int = 0
     seed: int = 0
     top_k: int = 10
     device: str = "auto"
+    #: bf16 autocast and channels_last on CUDA and CPU (measured: 1.3-2.3x faster on this CPU)
     amp: bool = True
     num_workers: int = 0
     eval_batch_size: int = 128
@@ -95,7 +105,8 @@ class TrainConfig:
             momentum=profile.momentum, weight_decay=profile.weight_decay, scheduler=profile.scheduler,
             step_size=profile.step_size, gamma=profile.gamma, image_size=profile.image_size,
             seed=profile.seed, top_k=profile.top_k, num_workers=profile.num_workers,
-            eval_batch_size=profile.eval_batch_size,
+            eval_batch_size=profile.eval_batch_size, augmentation=profile.augmentation,
+            input_norm=profile.input_norm, sampler=profile.sampler, amp=profile.amp,
         )
         base.update({k: v for k, v in overrides.items() if v is not None})
         names = {f.name for f in dataclasses.fields(cls)}
@@ -113,13 +124,19 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if not self.stn_lr_factor > 0:
             raise ConfigError(f"stn_lr_factor must be > 0, got {self.stn_lr_factor}")
-        if self.scheduler not in ("step", "cosine"):
-            raise ConfigError(f"scheduler must be 'step' or 'cosine', got {self.scheduler!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {list(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ConfigError(f"augmentation must be one of {list(AUGMENTATIONS)}, got {self.augmentation!r}")
+        from nexperia_utils.models import INPUT_NORMS
+
+        if self.input_norm not in INPUT_NORMS:
+            raise ConfigError(f"input_norm must be one of {list(INPUT_NORMS)}, got {self.input_norm!r}")
         if self.train_crop not in CROP_STYLES:
             raise ConfigError(f"train_crop must be one of {list(CROP_STYLES)}, got {self.train_crop!r}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
-        if self.sampler != "none" and self.sampler_per_class < 1:
+        if self.sampler in ("bootstrap", "without_replacement") and self.sampler_per_class < 1:
             raise ConfigError("a class-balanced sampler needs sampler_per_class >= 1")
         if self.train_crop != "center" and self.loss.startswith("sat"):
             raise ConfigError("SAT keeps one soft target per image; train it with train_crop='center'")
@@ -165,9 +182,12 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[tor
     payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     config = payload["config"]
     model = build_model(config["arch"], len(payload["classes"]), weights="none",
-                        stn_transform=config.get("stn_transform", "affine"))
+                        stn_transform=config.get("stn_transform", "affine"),
+                        input_norm=config.get("input_norm", "imagenet"))
     model.load_state_dict(payload["model"])
     model.to(resolve_device(device)).eval()
+    if config.get("amp", False):
+        model.to(memory_format=torch.channels_last)
     meta = {k: v for k, v in payload.items() if k not in ("model", "optimizer", "scheduler", "loss", "rng")}
     return model, meta
 
@@ -228,7 +248,7 @@ def _parameter_groups(model: torch.nn.Module, config: TrainConfig) -> Any:
             {"params": list(stn.parameters()), "lr": config.lr * config.stn_lr_factor}]
 
 
-def _make_optimizer(model: torch.nn.Module, config: TrainConfig):
+def _make_optimizer(model: torch.nn.Module, config: TrainConfig, steps_per_epoch: int):
     params = _parameter_groups(model, config)
     if config.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -237,15 +257,24 @@ def _make_optimizer(model: torch.nn.Module, config: TrainConfig):
                                     weight_decay=config.weight_decay)
     if config.scheduler == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-    else:
+    elif config.scheduler == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    else:
+        max_lr = [group["lr"] for group in optimizer.param_groups]
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=max_lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.25)
     return optimizer, scheduler
 
 
-def _make_sampler(config: TrainConfig, labels: np.ndarray, generator: torch.Generator):
+def _make_sampler(config: TrainConfig, labels: np.ndarray, negative_index: int, generator: torch.Generator):
     if config.sampler == "none":
         return RandomSampler(range(len(labels)), generator=generator)
     from nexperia_utils.sampling import ClassBalancedSampler
+
+    if config.sampler == "binary":
+        is_defect = (np.asarray(labels) != negative_index).astype(np.int64)
+        return ClassBalancedSampler(is_defect.tolist(), per_class=math.ceil(len(labels) / 2),
+                                    replacement=True, seed=config.seed)
 
     return ClassBalancedSampler(labels.tolist(), per_class=config.sampler_per_class,
                                 replacement=config.sampler == "bootstrap", seed=config.seed)
@@ -277,8 +306,11 @@ def epoch_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str],
 
 def train_step(model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                labels: torch.Tensor, indices: torch.Tensor, epoch: int, device: torch.device,
-               use_amp: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               use_amp: bool = False, scheduler: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimisation step on a batch; returns (loss, logits, labels) of the samples seen.
+
+    ``use_amp``: bf16 autocast with channels_last inputs. ``scheduler``: a per-batch learning-rate
+    schedule (one-cycle) stepped after the optimiser.
 
     A batch of several crops per image ``(B, n, 3, S, S)`` is flattened: each crop is a sample.
     """
@@ -287,6 +319,8 @@ def train_step(model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer
         n = images.shape[1]
         images = images.flatten(0, 1)
         labels, indices = labels.repeat_interleave(n), indices.repeat_interleave(n)
+    if use_amp:
+        images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
         logits = model(images)
     logits = logits.float()
@@ -294,6 +328,8 @@ def train_step(model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
     return loss.detach(), logits.detach(), labels
 
 
@@ -383,18 +419,24 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = build_model(config.arch, len(classes), weights=config.weights, stn_transform=config.stn_transform).to(device)
-    optimizer, scheduler = _make_optimizer(model, config)
+    model = build_model(config.arch, len(classes), weights=config.weights, stn_transform=config.stn_transform,
+                        input_norm=config.input_norm).to(device)
+    use_amp = config.amp
+    if use_amp:
+        model = model.to(memory_format=torch.channels_last)
     train_labels = torch.as_tensor(train_part.labels, dtype=torch.long)
     loss_fn = build_loss(config.loss, classes=list(classes), negative_class=negative_class,
                          train_labels=train_labels, **config.loss_params).to(device)
-    sampler = _make_sampler(config, train_part.labels, generator)
+    sampler = _make_sampler(config, train_part.labels, negative_index, generator)
+    augmentation = config.augmentation if config.augment else "none"
     loader = DataLoader(
-        train_part.dataset(train_crop_transform(config.image_size, config.train_crop, config.augment)),
+        train_part.dataset(train_crop_transform(config.image_size, config.train_crop, augmentation)),
         batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-        generator=generator, drop_last=len(train_part) > config.batch_size,
+        generator=generator, drop_last=len(sampler) > config.batch_size,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
+    optimizer, scheduler = _make_optimizer(model, config, len(loader))
+    batch_scheduler = scheduler if config.scheduler == "onecycle" else None
     history: list[dict] = []
     start_epoch, elapsed = 0, 0.0
     if state == "resume":
@@ -408,7 +450,6 @@ def train(
         history = pd.read_csv(run_dir / "history.csv").iloc[:start_epoch].to_dict("records")
         logger.info("resuming %s at epoch %d", run_dir.name, start_epoch)
 
-    use_amp = config.amp and device.type == "cuda"
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     epochs_bar = tqdm(range(start_epoch, last_epoch), desc=run_dir.name, disable=not progress, unit="epoch")
     for epoch in epochs_bar:
@@ -419,7 +460,8 @@ def train(
         total_loss, correct, binary_correct, seen = 0.0, 0, 0, 0
         for images, labels, indices in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}",
                                             leave=False, disable=not progress, unit="batch"):
-            loss, logits, labels = train_step(model, loss_fn, optimizer, images, labels, indices, epoch, device, use_amp)
+            loss, logits, labels = train_step(model, loss_fn, optimizer, images, labels, indices, epoch, device,
+                                              use_amp, batch_scheduler)
             with torch.no_grad():
                 pred = logits.argmax(dim=1)
                 correct += int((pred == labels).sum())
@@ -427,16 +469,17 @@ def train(
                 total_loss += float(loss) * len(labels)
                 seen += len(labels)
         lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        if batch_scheduler is None:
+            scheduler.step()
 
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen,
                                "train_acc": correct / seen, "train_binary_acc": binary_correct / seen}
         val_probs = predict_proba(model, val_part, config.image_size, config.train_crop,
-                                  config.eval_batch_size, device)
+                                  config.eval_batch_size, device, amp=use_amp)
         row.update(epoch_metrics(val_probs, val_part.labels, classes, negative_index, "val"))
         if config.eval_test_each_epoch and test_part is not None:
             test_probs = predict_proba(model, test_part, config.image_size, config.train_crop,
-                                       config.eval_batch_size, device)
+                                       config.eval_batch_size, device, amp=use_amp)
             row.update(epoch_metrics(test_probs, test_part.labels, classes, negative_index, "test"))
         elapsed += time.perf_counter() - t0
         row["time_s"] = elapsed

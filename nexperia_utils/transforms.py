@@ -83,16 +83,48 @@ def _to_normalised_rgb() -> list:
     ]
 
 
-def train_transform(image_size: int, augment: bool = True) -> Transform:
-    """Training transform; ``augment=False`` (the STN models) keeps only the centre crop."""
-    steps: list = [v2.CenterCrop(image_size)]
-    if augment:
-        steps += [
+#: Training augmentations: the report's, a light one for short from-scratch schedules, or none.
+AUGMENTATIONS: tuple[str, ...] = ("report", "flip", "none")
+
+
+def _augmentation(name: str | bool) -> list:
+    """The augmentation steps of ``name`` (``True``/``False`` mean ``"report"``/``"none"``).
+
+    * ``report`` (section 3.1): RandomRotation(10), ColorJitter(0.2, 0.2), RandomAffine(2,
+      translate=(0.15, 0.1), scale=(0.75, 1.05)); the rotation and the translation leave black
+      borders.
+    * ``flip``: RandomHorizontalFlip (the report's TenCrop evaluates flipped crops too), a small
+      RandomAffine(3, translate=(0.04, 0.04), scale=(0.96, 1.04)) and ColorJitter(0.2, 0.2); for short
+      from-scratch schedules, where the report's strong affine slows learning (``docs/LEARNING.md``).
+    """
+    if name is True:
+        name = "report"
+    if name is False:
+        name = "none"
+    if name == "report":
+        return [
             v2.RandomRotation(10),
             v2.ColorJitter(brightness=0.2, contrast=0.2),
             v2.RandomAffine(degrees=2, translate=(0.15, 0.1), scale=(0.75, 1.05)),
         ]
-    return v2.Compose(steps + _to_normalised_rgb())
+    if name == "flip":
+        return [
+            v2.RandomHorizontalFlip(),
+            v2.RandomAffine(degrees=3, translate=(0.04, 0.04), scale=(0.96, 1.04)),
+            v2.ColorJitter(brightness=0.2, contrast=0.2),
+        ]
+    if name == "none":
+        return []
+    raise ConfigError(f"unknown augmentation {name!r}; choose one of {list(AUGMENTATIONS)}")
+
+
+def train_transform(image_size: int, augment: bool | str = True) -> Transform:
+    """Training transform: centre crop, the augmentation ``augment`` names, RGB, normalisation.
+
+    ``augment`` is one of :data:`AUGMENTATIONS`; ``True`` is ``"report"``, ``False`` (the STN
+    models) keeps only the centre crop.
+    """
+    return v2.Compose([v2.CenterCrop(image_size)] + _augmentation(augment) + _to_normalised_rgb())
 
 
 class MultiCrop:
@@ -122,7 +154,7 @@ def eval_transform(image_size: int, crop: str = "center") -> Transform:
     raise ConfigError(f"unknown crop style {crop!r}; choose one of {list(CROP_STYLES)}")
 
 
-def train_crop_transform(image_size: int, crop: str, augment: bool = True) -> Transform:
+def train_crop_transform(image_size: int, crop: str, augment: bool | str = True) -> Transform:
     """Training with several crops per image (Figure 6): each crop is a training sample.
 
     ``center`` is :func:`train_transform`; ``five``/``ten`` return ``(n, 3, S, S)`` crops of the
@@ -130,14 +162,7 @@ def train_crop_transform(image_size: int, crop: str, augment: bool = True) -> Tr
     """
     if crop == "center":
         return train_transform(image_size, augment)
-    aug: list = []
-    if augment:
-        aug = [
-            v2.RandomRotation(10),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
-            v2.RandomAffine(degrees=2, translate=(0.15, 0.1), scale=(0.75, 1.05)),
-        ]
-    return v2.Compose(aug + [eval_transform(image_size, crop)])
+    return v2.Compose(_augmentation(augment) + [eval_transform(image_size, crop)])
 
 
 def denormalise(batch: torch.Tensor) -> np.ndarray:

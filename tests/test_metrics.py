@@ -251,3 +251,15 @@ def test_rejects_bad_inputs():
         M.roc_auc(np.array([0, 2]), np.array([0.1, 0.2]))
     with pytest.raises(ValueError, match="num_classes"):
         M.per_class_accuracy(p, np.array([0, 1]), 3)
+
+
+def test_defect_score_keeps_the_order_of_confidently_good_images():
+    """Logit gaps 20 and 25 in favour of `good`: 1 - p(good) is 0.0 for both in float32; the sum is not."""
+    import torch
+
+    logits = torch.tensor([[0.0, 20.0, 0.0], [0.0, 25.0, 0.0]])
+    probs = torch.softmax(logits, dim=1).numpy()
+    assert 1.0 - probs[0, 1] == 0.0 and 1.0 - probs[1, 1] == 0.0
+    score = M.defect_score(probs, 1)
+    assert score[0] > score[1] > 0.0
+    np.testing.assert_allclose(score, 2 * np.exp(-np.array([20.0, 25.0])), rtol=1e-4)
