@@ -96,3 +96,52 @@ def plot_gallery(
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+#: Visibility (peak defect contrast over the sensor noise at the input size) below which a defect is
+#: called borderline in the 01_split summary.
+BORDERLINE_VISIBILITY = 5.0
+
+
+def visibility_summary(annotations: pd.DataFrame, borderline: float = BORDERLINE_VISIBILITY) -> pd.DataFrame:
+    """Per true defect class: images, median and 10 % quantile of ``visibility``, share borderline.
+
+    ``annotations`` is a synthetic set's ``annotations.csv`` (``true_class``, ``visibility``); good
+    images (NaN visibility) are left out. A last row ``all defects`` summarises every defect.
+    """
+    missing = [c for c in ("true_class", "visibility") if c not in annotations.columns]
+    if missing:
+        raise ValueError(f"annotations lack the column(s) {missing}; regenerate the synthetic data set "
+                         f"(its annotations.csv predates the visibility measure)")
+    defects = annotations.dropna(subset=["visibility"])
+    if defects.empty:
+        raise ValueError("annotations hold no defect with a visibility value")
+
+    def _row(v: pd.Series) -> dict:
+        return {"images": len(v), "median": float(v.median()), "q10": float(v.quantile(0.1)),
+                f"share < {borderline:g}": float((v < borderline).mean())}
+
+    rows = {name: _row(g["visibility"]) for name, g in defects.groupby("true_class")}
+    rows["all defects"] = _row(defects["visibility"])
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def plot_visibility(annotations: pd.DataFrame, borderline: float = BORDERLINE_VISIBILITY,
+                    input_size: int = 64) -> Figure:
+    """Box plot of the defect visibility per true class (log scale), the borderline level marked."""
+    summary = visibility_summary(annotations, borderline)
+    defects = annotations.dropna(subset=["visibility"])
+    names = [n for n in summary.index if n != "all defects"]
+    fig = Figure(figsize=(8, 0.45 * len(names) + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    data = [np.clip(defects.loc[defects["true_class"] == n, "visibility"].to_numpy(), 0.1, None) for n in names]
+    ax.boxplot(data, vert=False, tick_labels=names, showfliers=True, flierprops={"markersize": 2})
+    ax.set_xscale("log")
+    ax.axvline(borderline, color="tab:red", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"visibility at {input_size} px: peak |defect - twin| / sensor-noise std (log scale)")
+    share = summary["share < " + f"{borderline:g}"]
+    for i, n in enumerate(names, start=1):
+        ax.text(1.01, i, f"{100 * share[n]:.0f} % < {borderline:g}", transform=ax.get_yaxis_transform(),
+                va="center", fontsize=8)
+    ax.set_title(f"Defect visibility per class ({100 * share['all defects']:.1f} % of defects borderline)")
+    return fig

@@ -423,3 +423,41 @@ def test_cli_reuses_matching_set_and_refuses_other_settings(tiny_root: Path, tmp
     out = tmp_path / "k1"
     assert synthetic.main(common + ["--kaggle-stage", "1", "--kaggle-out", str(out)]) == 0
     assert (out / "train" / "good_0").is_dir() and answer_key_path(out).is_file()
+
+
+def test_visibility_on_a_hand_made_pair():
+    """A flat twin, one bright pixel as the defect, known noise: peak / noise at the input size."""
+    rng = np.random.default_rng(0)
+    clean = np.full((256, 256), 100, np.uint8)
+    noise = rng.normal(0, 4, clean.shape)
+    twin = np.clip(np.rint(clean + noise), 0, 255).astype(np.uint8)
+    defect = twin.copy()
+    defect[100, 100] = min(255, int(defect[100, 100]) + 80)
+    vis = synthetic.visibility_from_images(defect, twin, clean, 225)  # resize to 256: the images as they are
+    expected_noise = np.std(twin.astype(float) - clean)
+    assert vis == pytest.approx(80 / expected_noise, rel=1e-4)
+    # at 32 px (8x smaller) the pixel is averaged with its neighbours faster than the noise: borderline
+    assert synthetic.visibility_from_images(defect, twin, clean, 32) < vis / 3
+    assert synthetic.visibility_from_images(twin, twin, clean, 64) == 0.0
+
+
+def test_visibility_of_rendered_images_is_seeded_and_nan_for_good():
+    seed = np.random.SeedSequence(7)
+    a = synthetic.defect_visibility("chipping", seed, 0.9, 64, 96, 100)
+    b = synthetic.defect_visibility("chipping", seed, 0.9, 64, 96, 100)
+    mild = synthetic.defect_visibility("chipping", seed, 0.05, 64, 96, 100)
+    assert a == b and a > mild > 0
+    assert np.isnan(synthetic.defect_visibility("good", seed, 0.0, 64, 96, 100))
+
+
+def test_visibility_summary_and_plot():
+    from nexperia_utils.galleries import plot_visibility, visibility_summary
+
+    frame = pd.DataFrame({"true_class": ["good", "scratch", "scratch", "scratch", "scratch", "chipping"],
+                          "visibility": [np.nan, 1.0, 4.0, 20.0, 40.0, 30.0]})
+    summary = visibility_summary(frame)
+    assert summary.loc["scratch", "images"] == 4 and summary.loc["scratch", "median"] == 12.0
+    assert summary.loc["scratch", "share < 5"] == 0.5 and summary.loc["all defects", "share < 5"] == 0.4
+    assert len(plot_visibility(frame).axes) == 1
+    with pytest.raises(ValueError, match="regenerate"):
+        visibility_summary(frame.drop(columns="visibility"))
