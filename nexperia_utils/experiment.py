@@ -47,10 +47,14 @@ def prepare_data(profile: Profile, data_root: str | Path | None = None, seed: in
             raise DataError(f"data root {root} does not exist; pass the folder that holds the class folders "
                             f"(or leave data_root empty to use the embedded synthetic data)")
         return root
-    if not synthetic.is_complete(root):
-        config = synthetic.SyntheticConfig(scale=scale or profile.data_scale, seed=seed)
-        logger.info("generating the synthetic data set (scale %s) in %s", config.scale, root)
-        synthetic.generate_dataset(root, config, overwrite=False, progress=progress)
+    config = synthetic.SyntheticConfig(scale=scale or profile.data_scale, seed=seed)
+    if not synthetic.matches_config(root, config):
+        # Missing, unfinished, or written by another version of the generator: the embedded default
+        # follows the code (generate_dataset replaces only a folder that holds a synthetic set).
+        stale = root.exists() and any(root.iterdir())
+        logger.info("%s the synthetic data set (scale %s) in %s", "regenerating" if stale else "generating",
+                    config.scale, root)
+        synthetic.generate_dataset(root, config, overwrite=stale, progress=progress)
     return root
 
 

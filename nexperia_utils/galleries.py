@@ -135,7 +135,7 @@ def plot_visibility(annotations: pd.DataFrame, borderline: float = BORDERLINE_VI
     fig = Figure(figsize=(8, 0.45 * len(names) + 1.6), layout="constrained")
     ax = fig.add_subplot()
     data = [np.clip(defects.loc[defects["true_class"] == n, "visibility"].to_numpy(), 0.1, None) for n in names]
-    ax.boxplot(data, vert=False, tick_labels=names, showfliers=True, flierprops={"markersize": 2})
+    ax.boxplot(data, orientation="horizontal", tick_labels=names, showfliers=True, flierprops={"markersize": 2})
     ax.set_xscale("log")
     ax.axvline(borderline, color="tab:red", linestyle="--", linewidth=1)
     ax.set_xlabel(f"visibility at {input_size} px: peak |defect - twin| / sensor-noise std (log scale)")

@@ -33,8 +33,9 @@ def test_cropping_notebook_writes_table3(smoke_workdir):
     run_notebook("06_cropping.ipynb", smoke_workdir)
     tables = smoke_workdir / "outputs" / "smoke" / "tables"
     table = pd.read_csv(tables / "table3.csv", index_col=0)
-    assert table.shape == (6, 9)
+    assert table.shape == (6, 10)  # 3 models x 3 crops + the pixel logistic-regression reference
     assert list(table.index) == list(ROW_KEYS)
+    assert table.columns[-1].startswith("Pixel LogReg (reference)")
     checkpoints = pd.read_csv(tables / "table3_checkpoints.csv")
     assert len(checkpoints) == 3 * 3 * 2  # models x crops x top-k checkpoints (smoke: 2)
     assert checkpoints[list(ROW_KEYS)].apply(lambda c: c.between(0, 1)).all().all()
