@@ -10,7 +10,7 @@ DATA_DIR ?=
 SEED ?= 0
 OUT := outputs/$(PROFILE)
 NB_OUT := $(OUT)/notebooks
-PAPERMILL := $(PY) -m papermill --kernel nexperia --cwd notebooks --log-output --no-progress-bar
+PAPERMILL := $(PY) -m nexperia_utils.run_notebook --kernel nexperia --cwd notebooks --log-output --no-progress-bar
 NB_PARAMS := -p profile $(PROFILE) -p data_root "$(DATA_DIR)"
 RETRAIN ?= False
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from nexperia_utils.errors import DataError
 from nexperia_utils.io import atomic_write
+from nexperia_utils.split import split_hash
 from nexperia_utils.transforms import resize_grayscale
 
 logger = logging.getLogger(__name__)
@@ -106,12 +107,17 @@ class ImageArrayDataset(Dataset):
 
 @dataclass
 class SplitData:
-    """One part (train, val or test) of a split, decoded: ids, labels and images."""
+    """One part (train, val or test) of a split, decoded: ids, labels and images.
+
+    ``split_hash`` names the split the part comes from (:func:`nexperia_utils.split.split_hash`;
+    empty for images outside a split, such as a competition's test folder).
+    """
 
     name: str
     frame: pd.DataFrame
     labels: np.ndarray
     images: np.ndarray
+    split_hash: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -144,4 +150,4 @@ def load_split_part(
         raise DataError(f"the split has no {part!r} images")
     labels = encode_labels(frame["label"].tolist(), classes)
     images = load_images(data_root, frame["path"].tolist(), resize, cache_dir, progress)
-    return SplitData(part, frame, labels, images)
+    return SplitData(part, frame, labels, images, split_hash(split))

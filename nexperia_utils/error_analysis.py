@@ -63,7 +63,8 @@ from torch.utils.data import DataLoader
 from nexperia_utils import explain, metrics
 from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.evaluation import predict_proba, predictions_frame, resolve_device
+from nexperia_utils.evaluation import (check_part_fits, checkpoint_fingerprint, predict_proba, prediction_file,
+                                       predictions_frame, read_prediction_cache, resolve_device)
 from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.transforms import denormalise, eval_transform, resize_size_for
 
@@ -193,32 +194,30 @@ def checkpoint_predictions(analysis: CheckpointAnalysis, part: SplitData, crop: 
                            batch_size: int = 128) -> pd.DataFrame:
     """Per-image predictions of a kept checkpoint (default: the analysed one) on ``part``.
 
-    Reads ``run_dir/predictions/<part>-<crop>-epochNNN.csv`` (the cache that
-    :func:`nexperia_utils.evaluation.evaluate_run` writes) when it lists exactly the part's images,
-    otherwise predicts and writes it. Adds ``part`` and ``rank`` (1 = highest defect score).
+    Reads the prediction cache that :func:`nexperia_utils.evaluation.evaluate_run` writes when the
+    same weights made it for exactly the part's images, otherwise predicts and writes it; a part the
+    checkpoint does not fit is refused. Adds ``part`` and ``rank`` (1 = highest defect score).
     """
     from nexperia_utils.training import load_checkpoint
 
     epoch = analysis.epoch if epoch is None else int(epoch)
-    file = analysis.run_dir / "predictions" / f"{part.name}-{crop}-epoch{epoch:03d}.csv"
-    frame = None
-    if file.exists():
-        cached = pd.read_csv(file, dtype={"image_id": str})
-        if cached["image_id"].tolist() == part.frame["image_id"].astype(str).tolist():
-            frame = cached
-            frame["label"] = part.frame["label"].to_numpy()
-        else:
-            logger.warning("%s lists other images than the %s part; predicting again", file, part.name)
-    if frame is None:
-        if epoch == analysis.epoch:
-            model = analysis.model
-        else:
-            entry = [e for e in analysis.top_k_entries if e["epoch"] == epoch]
-            if not entry:
-                raise ConfigError(f"no kept checkpoint of epoch {epoch} in {analysis.run_dir}")
-            model, _ = load_checkpoint(entry[0]["path"], device=device)
+    if epoch == analysis.epoch:
+        path = analysis.path
+    else:
+        entry = [e for e in analysis.top_k_entries if e["epoch"] == epoch]
+        if not entry:
+            raise ConfigError(f"no kept checkpoint of epoch {epoch} in {analysis.run_dir}")
+        path = Path(entry[0]["path"])
+    check_part_fits(analysis.meta, part, path)
+    fingerprint = checkpoint_fingerprint(path)
+    file = prediction_file(analysis.run_dir, part.name, crop, epoch)
+    frame = read_prediction_cache(file, part, fingerprint)
+    if frame is not None:
+        frame["label"] = part.frame["label"].to_numpy()
+    else:
+        model = analysis.model if epoch == analysis.epoch else load_checkpoint(path, device=device)[0]
         probs = predict_proba(model, part, analysis.image_size, crop, batch_size, device)
-        frame = predictions_frame(part, probs, analysis.classes, analysis.negative_index)
+        frame = predictions_frame(part, probs, analysis.classes, analysis.negative_index, fingerprint)
         atomic_write_csv(file, frame)
     frame = frame.copy()
     frame["image_id"] = frame["image_id"].astype(str)

@@ -353,17 +353,39 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+#: Settings that do not change the weights a run produces: a run may resume or be reused with other
+#: values (on another device, with another evaluation batch size). The loader's ``num_workers`` is not
+#: among them: the augmentation draws its random numbers in the worker processes, so another number
+#: of workers gives other augmented images.
+RESULT_NEUTRAL = ("device", "eval_batch_size")
+
+
+def _run_identity(meta: dict) -> dict:
+    identity = json.loads(json.dumps(meta))
+    for key in RESULT_NEUTRAL:
+        identity.get("config", {}).pop(key, None)
+    return identity
+
+
 def _prepare_run_dir(run_dir: Path, meta: dict, overwrite: bool) -> str:
-    """'done', 'resume' or 'new'; refuses to mix runs of different configurations."""
+    """'done', 'resume' or 'new'; refuses to mix runs of different configurations.
+
+    Settings in :data:`RESULT_NEUTRAL` are not compared; ``config.json`` keeps the values the run
+    started with.
+    """
     config_file = run_dir / "config.json"
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     if config_file.exists():
         saved = json.loads(config_file.read_text())
-        if saved != json.loads(json.dumps(meta)):
+        if _run_identity(saved) != _run_identity(meta):
+            changed = sorted(key for key in set(saved.get("config", {})) | set(meta["config"])
+                             if saved.get("config", {}).get(key) != meta["config"].get(key)
+                             and key not in RESULT_NEUTRAL)
+            changed += [key for key in ("classes", "negative_class", "split_hash") if saved.get(key) != meta.get(key)]
             raise ConfigError(
-                f"{run_dir} holds a run with a different configuration or split; pass overwrite=True "
-                f"to retrain it, or choose another run name"
+                f"{run_dir} holds a run with a different configuration or split (differs in: "
+                f"{', '.join(changed) or 'metadata'}); pass overwrite=True to retrain it, or choose another run name"
             )
         if (run_dir / "done.json").exists():
             return "done"
