@@ -52,6 +52,7 @@ import os
 import shutil
 import sys
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -1099,37 +1100,59 @@ def _partial_dir(root: Path) -> Path:
     return partial
 
 
+def _render_to_file(task: tuple) -> tuple[tuple[int, int, int, int] | None, float]:
+    """Render one planned image, write its PNG and return its box and visibility (a worker's job)."""
+    path, true_class, severity, seq, height, width = task
+    image, box = render_image(true_class, np.random.default_rng(seq), severity, height, width)
+    Path(path).write_bytes(png_bytes(image))
+    return box, defect_visibility(true_class, seq, severity, VISIBILITY_SIZE, height, width)
+
+
+def default_workers() -> int:
+    """The cores this process may use (``os.sched_getaffinity`` where there is one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def generate_dataset(root: Path, config: SyntheticConfig = SyntheticConfig(), overwrite: bool = False,
-                     progress: bool = True) -> pd.DataFrame:
+                     progress: bool = True, workers: int | None = None) -> pd.DataFrame:
     """Write the synthetic data set to ``root`` and return its annotations.
 
     Images go to ``<root>/<label>/<image_id>.png`` (``label`` = the filed, possibly noisy
     label) and ``<root>/annotations.csv`` lists every image. The set is written into
     ``<root>.partial-<pid>`` and renamed to ``root`` at the end. A non-empty ``root`` is refused
     unless ``overwrite`` (and even then only if it holds nothing but a synthetic data set).
+
+    ``workers`` processes render the images (default: every core this process may use). Every
+    image has its own seed, so the set is byte-identical for any number of workers.
     """
     root = Path(root).resolve()
     config.validate()
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     _prepare_target(root, overwrite, _is_synthetic_entry, "synthetic data set")
     frame, seeds = plan_dataset(config)
     partial = _partial_dir(root)
-    boxes: list[tuple[int, int, int, int] | None] = []
-    visibility: list[float] = []
     try:
         for label in sorted(set(frame["label"])):
             (partial / label).mkdir()
-        rows = zip(frame["image_id"], frame["label"], frame["true_class"], frame["severity"], seeds)
-        for iid, label, true_class, severity, seq in tqdm(rows, total=len(frame), disable=not progress,
-                                                          desc="synthetic images", unit="img"):
-            image, box = render_image(true_class, np.random.default_rng(seq), float(severity),
-                                      config.height, config.width)
-            (partial / label / f"{iid}{IMAGE_SUFFIX}").write_bytes(png_bytes(image))
-            boxes.append(box)
-            visibility.append(defect_visibility(true_class, seq, float(severity), VISIBILITY_SIZE,
-                                                config.height, config.width))
+        tasks = [(str(partial / label / f"{iid}{IMAGE_SUFFIX}"), true_class, float(severity), seq,
+                  config.height, config.width)
+                 for iid, label, true_class, severity, seq in
+                 zip(frame["image_id"], frame["label"], frame["true_class"], frame["severity"], seeds)]
+        bar = dict(total=len(tasks), disable=not progress, desc=f"synthetic images ({workers} workers)", unit="img")
+        if workers == 1:
+            results = [_render_to_file(task) for task in tqdm(tasks, **bar)]
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                results = list(tqdm(pool.map(_render_to_file, tasks, chunksize=32), **bar))
+        boxes = [box for box, _ in results]
         for j, column in enumerate("xywh"):
             frame[column] = pd.array([None if b is None else b[j] for b in boxes], dtype="Int64")
-        frame["visibility"] = np.round(visibility, 2)
+        frame["visibility"] = np.round([visibility for _, visibility in results], 2)
         frame = frame[list(ANNOTATION_COLUMNS)]
         atomic_write_csv(partial / ANNOTATIONS_FILE, frame)
         _commit(partial, root)
@@ -1319,6 +1342,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--kaggle-out", type=Path, help="folder of the Kaggle export (with --kaggle-stage)")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="Kaggle test share (default 0.1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes that render the images (default: every available core)")
     return parser
 
 
@@ -1340,7 +1365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("%s already holds this synthetic data set; reusing it (pass --overwrite to regenerate)",
                         args.out)
         else:
-            generate_dataset(args.out, config, overwrite=args.overwrite, progress=not args.no_progress)
+            generate_dataset(args.out, config, overwrite=args.overwrite, progress=not args.no_progress,
+                             workers=args.workers)
         if args.kaggle_stage is not None:
             export_kaggle(args.out, args.kaggle_out, stage=args.kaggle_stage, test_fraction=args.test_fraction,
                           seed=args.seed, overwrite=args.overwrite)

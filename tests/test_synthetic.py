@@ -42,7 +42,7 @@ def _file_hashes(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "tiny"
-    generate_dataset(root, TINY, progress=False)
+    generate_dataset(root, TINY, progress=False, workers=1)
     return root
 
 
@@ -157,9 +157,12 @@ def test_images_and_boxes(tiny_root: Path, tiny_annotations: pd.DataFrame):
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tiny_root: Path, tmp_path: Path):
+    # rendered by two worker processes instead of one: the same bytes, annotations included
     again = tmp_path / "again"
-    generate_dataset(again, TINY, progress=False)
+    generate_dataset(again, TINY, progress=False, workers=2)
     assert _file_hashes(again) == _file_hashes(tiny_root)
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
+        generate_dataset(tmp_path / "none", TINY, progress=False, workers=0)
 
     # Another seed, written over a copy of a finished set (overwrite replaces it completely).
     other = tmp_path / "other"
