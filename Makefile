@@ -17,12 +17,27 @@ RETRAIN ?= False
 .PHONY: help setup test data split baselines reproduce-table3 bench clean-outputs
 
 help:
-	@echo "make reproduce-table3   Table 3 (ResNet18/34/50 x centre/five/ten crop), PROFILE=$(PROFILE)"
-	@echo "make test               the test suite (smoke profile)"
-	@echo "make data               generate the synthetic data set (DATA_OUT=..., SCALE=...)"
-	@echo "make split              run notebooks/01_split.ipynb"
-	@echo "make bench              training throughput benchmark"
-	@echo "variables: PROFILE=smoke|quick|full DATA_DIR=<folder-per-class data> RETRAIN=True"
+	@echo "The two commands:"
+	@echo "  make reproduce-table3   Table 3 (ResNet18/34/50 x centre/five/ten crop) + pixel reference + operating points"
+	@echo "  make test               the test suite (smoke profile)"
+	@echo "Tables and analyses:"
+	@echo "  make reproduce-table2   Table 2: ResNet18, VGG19_bn, their STN models, ResNet_att_2"
+	@echo "  make reproduce-table4   Table 4: ResNet34 with CE, WBCE, SAT, SAT bad 1, SAT bad boost"
+	@echo "  make error-analysis     07: confusion matrix, Grad-CAM galleries, mislabels, Table 5 (EA_PARAMS=...)"
+	@echo "  make submission         08: submission.csv for a Kaggle layout (KAGGLE_DIR=...)"
+	@echo "  make inspect IMAGES=dir decisions for a folder of new images (RUN=, TARGET_TPR=, REVIEW_BAND=)"
+	@echo "  make report             outputs/<profile>/report.html"
+	@echo "  make all                all of the above"
+	@echo "Steps:"
+	@echo "  make setup              .venv with the package and the Jupyter kernel"
+	@echo "  make data               generate the synthetic data set (DATA_OUT=..., SCALE=...)"
+	@echo "  make split              notebooks/01_split.ipynb"
+	@echo "  make baseline-<arch>    notebooks/02_baseline.ipynb for one model (resnet18|resnet34|resnet50|vgg19_bn)"
+	@echo "  make stn-<arch>_stn, make attention, make table4-<loss>   single models of Tables 2 and 4"
+	@echo "  make bench              training throughput benchmark (BENCH_ARCH=...)"
+	@echo "  make clean-outputs      remove outputs/<profile>"
+	@echo "Variables: PROFILE=smoke|quick|full (now $(PROFILE)) DATA_DIR=<folder-per-class data> SEED=0 RETRAIN=True"
+	@echo "Notebooks are edited in notebooks/src/*.py and rebuilt: .venv/bin/python tools/nbbuild.py SRC DST"
 
 setup: $(SETUP_STAMP)
 

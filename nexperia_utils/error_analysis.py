@@ -63,6 +63,7 @@ from torch.utils.data import DataLoader
 from nexperia_utils import explain, metrics
 from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
+from nexperia_utils.metrics import threshold_at_tpr  # re-exported: the operating points of 07 use it
 from nexperia_utils.evaluation import (check_part_fits, checkpoint_fingerprint, predict_proba, prediction_file,
                                        predictions_frame, read_prediction_cache, resolve_device)
 from nexperia_utils.io import atomic_write_csv
@@ -235,21 +236,6 @@ def rank_by_score(score: Sequence[float]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- operating points
-def threshold_at_tpr(y_defect: Sequence[bool], score: Sequence[float], tpr_level: float) -> float:
-    """Defect-score threshold of the first ROC operating point whose TPR is >= ``tpr_level``.
-
-    Images with ``score >= threshold`` are rejected. The operating point is the one
-    :func:`nexperia_utils.metrics.fpr_at_tpr` reads its FPR from; at ``tpr_level = 1`` it is the
-    lowest defect score.
-    """
-    y = np.asarray(y_defect, dtype=bool)
-    s = np.asarray(score, dtype=float)
-    metrics.fpr_at_tpr(y, s, tpr_level)  # validates the inputs and the level
-    _, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
-    first = int(np.flatnonzero(tpr >= float(tpr_level))[0])
-    return float(thresholds[first])
-
-
 def operating_points(y_defect: Sequence[bool], score: Sequence[float],
                      tpr_levels: Sequence[float] = metrics.TPR_LEVELS,
                      default_threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
@@ -264,7 +250,7 @@ def operating_points(y_defect: Sequence[bool], score: Sequence[float],
     points = [(f"defect score >= {default_threshold:g}", float(default_threshold))]
     for level in tpr_levels:
         name = "TPR = 100 %" if float(level) == 1.0 else f"TPR >= {float(level) * 100:g} %"
-        points.append((name, threshold_at_tpr(y, s, level)))
+        points.append((name, metrics.threshold_at_tpr(y, s, level)))
     rows = []
     for name, threshold in points:
         rejected = s >= threshold

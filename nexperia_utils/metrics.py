@@ -22,6 +22,7 @@ __all__ = [
     "is_defect",
     "roc_auc",
     "fpr_at_tpr",
+    "threshold_at_tpr",
     "accuracy",
     "binary_accuracy",
     "per_class_accuracy",
@@ -200,6 +201,19 @@ def _fprs_at_levels(y: np.ndarray, s: np.ndarray, levels: tuple[float, ...]) -> 
         first = int(np.flatnonzero(tpr >= float(level))[0])
         out.append(float(fpr[first]))
     return out
+
+
+def threshold_at_tpr(y_defect: np.ndarray, score: np.ndarray, tpr_level: float) -> float:
+    """Defect-score threshold of the operating point :func:`fpr_at_tpr` reads (the same ROC walk).
+
+    Images with ``score >= threshold`` are rejected; it is the highest threshold whose TPR reaches
+    ``tpr_level`` (at ``tpr_level = 1`` the lowest defect score).
+    """
+    _check_level(tpr_level)
+    y, s = _as_binary(y_defect, score)
+    _, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    first = int(np.flatnonzero(tpr >= float(tpr_level))[0])
+    return float(thresholds[first])
 
 
 # --------------------------------------------------------------------------- accuracies

@@ -66,3 +66,13 @@ def make_part(name: str, n: int, seed: int, size: int = 36) -> SplitData:
     frame = pd.DataFrame({"image_id": [f"{name}{i:03d}" for i in range(n)], "path": [f"x/{name}{i}.png" for i in range(n)],
                           "label": [CLASSES[k] for k in labels], "split": name})
     return SplitData(name, frame, labels, images)
+
+
+def tiny_train_config(**overrides):
+    """A training config for the in-memory parts of :func:`make_part`: ResNet18 at 32 px on the CPU."""
+    from nexperia_utils.training import TrainConfig
+
+    base = dict(arch="resnet18", epochs=3, batch_size=8, lr=0.05, image_size=32, top_k=2, device="cpu",
+                eval_batch_size=32, scheduler="cosine")
+    base.update(overrides)
+    return TrainConfig(**base)

@@ -8,18 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nexperia_utils import metrics
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.evaluation import evaluate_run, prediction_file
+from nexperia_utils.operating_points import BootstrapConfig, run_operating_points
 from nexperia_utils.training import TrainConfig, list_checkpoints, train
 
-from conftest import CLASSES, make_part
+from conftest import CLASSES, make_part, tiny_train_config
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(arch="resnet18", epochs=1, batch_size=8, lr=0.05, image_size=32, top_k=1, device="cpu",
-                eval_batch_size=32, scheduler="cosine")
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(**{"epochs": 1, "top_k": 1, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +28,11 @@ def run(tmp_path_factory):
              for name, n, seed in (("train", 24, 0), ("val", 12, 1), ("test", 12, 2))]
     run_dir = tmp_path_factory.mktemp("eval") / "run"
     train(_config(), parts[0], parts[1], CLASSES, "good", "hash0", run_dir, progress=False)
-    return run_dir, parts[2]
+    return run_dir, parts[2], parts[1]
 
 
 def test_a_part_with_other_classes_or_class_order_is_refused(run):
-    run_dir, test = run
+    run_dir, test, _ = run
     renamed = test.frame.assign(label=test.frame["label"].replace({"scratch": "crack"}))
     with pytest.raises(DataError, match=r"label\(s\) \['crack'\] it does not know"):
         evaluate_run(run_dir, dataclasses.replace(test, frame=renamed), progress=False)
@@ -44,14 +43,14 @@ def test_a_part_with_other_classes_or_class_order_is_refused(run):
 
 
 def test_a_part_decoded_for_another_image_size_is_refused(run):
-    run_dir, test = run
+    run_dir, test, _ = run
     bigger = dataclasses.replace(test, images=np.repeat(np.repeat(test.images, 2, axis=1), 2, axis=2))
     with pytest.raises(ConfigError, match=r"decoded at 72 px .* takes 32 px inputs \(36 px decoded\)"):
         evaluate_run(run_dir, bigger, progress=False)
 
 
 def test_a_part_of_another_split_is_refused_and_one_outside_any_split_is_scored(run):
-    run_dir, test = run
+    run_dir, test, _ = run
     with pytest.raises(DataError, match="trained on the split hash0.*comes from the split other"):
         evaluate_run(run_dir, dataclasses.replace(test, split_hash="other"), progress=False)
     rows = evaluate_run(run_dir, dataclasses.replace(test, split_hash=""), progress=False, save_predictions=False)
@@ -59,7 +58,7 @@ def test_a_part_of_another_split_is_refused_and_one_outside_any_split_is_scored(
 
 
 def test_cached_predictions_are_reused_only_for_the_same_weights_and_images(run, caplog):
-    run_dir, test = run
+    run_dir, test, _ = run
     first = evaluate_run(run_dir, test, progress=False)
     epoch = list_checkpoints(run_dir)[0]["epoch"]
     cache = prediction_file(run_dir, "test", "center", epoch)
@@ -100,3 +99,15 @@ def test_result_neutral_settings_do_not_block_a_finished_run(tmp_path):
     assert len(again.history) == 1
     with pytest.raises(ConfigError, match=r"differs in: num_workers"):
         train(_config(num_workers=1), *parts, CLASSES, "good", "h", tmp_path / "run", progress=False)
+
+
+def test_run_operating_points_use_the_best_checkpoint_and_validation_thresholds(run):
+    run_dir, test, val = run
+    points = run_operating_points(run_dir, val, test, config=BootstrapConfig(n_boot=50), device="cpu")
+    assert list(points["target_tpr"]) == list(metrics.TPR_LEVELS)
+    epoch = list_checkpoints(run_dir)[0]["epoch"]
+    val_scores = pd.read_csv(prediction_file(run_dir, "val", "center", epoch))
+    y_val = (val_scores["label"] != "good").to_numpy()
+    for row in points.itertuples():
+        assert row.threshold == metrics.threshold_at_tpr(y_val, val_scores["defect_score"].to_numpy(), row.target_tpr)
+    assert set(points["epoch"]) == {epoch} and points["test_auc_low"].iloc[0] <= points["test_auc"].iloc[0]

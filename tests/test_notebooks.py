@@ -41,3 +41,7 @@ def test_cropping_notebook_writes_table3(smoke_workdir):
     assert checkpoints[list(ROW_KEYS)].apply(lambda c: c.between(0, 1)).all().all()
     markdown = (tables / "table3.md").read_text()
     assert "trained from scratch" in markdown and "TenCrop" in markdown
+    points = pd.read_csv(tables / "table3_operating_points_raw.csv")
+    assert len(points) == 3 * 5  # models x target TPRs
+    assert (points["test_fpr_low"] <= points["test_fpr"]).all() and (points["test_fpr"] <= points["test_fpr_high"]).all()
+    assert (smoke_workdir / "outputs" / "smoke" / "figures" / "06_operating_points.png").exists()

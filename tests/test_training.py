@@ -13,14 +13,11 @@ from nexperia_utils.errors import ConfigError
 from nexperia_utils.evaluation import evaluate_run
 from nexperia_utils.training import TrainConfig, list_checkpoints, load_checkpoint, train
 
-from conftest import CLASSES, make_part
+from conftest import CLASSES, make_part, tiny_train_config
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(arch="resnet18", epochs=3, batch_size=8, lr=0.05, image_size=32, top_k=2, device="cpu",
-                eval_batch_size=32, scheduler="cosine")
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(**kw)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ data_root = ""
 archs = ["resnet18", "resnet34", "resnet50"]
 crops = ["center", "five", "ten"]
 top_k = None                 # None: the profile's (the report: 10)
+n_boot = 1000                # bootstrap resamples of the operating-point intervals
 train_crop_study = False     # Figure 6
 study_arch = "resnet34"
 device = "auto"
@@ -31,6 +32,9 @@ from nexperia_utils import metrics
 from nexperia_utils.config import get_profile
 from nexperia_utils.evaluation import evaluate_run
 from nexperia_utils.experiment import open_experiment, run_name, train_model
+from nexperia_utils.io import atomic_write_csv
+from nexperia_utils.operating_points import (BootstrapConfig, operating_point_table, plot_operating_points,
+                                             run_operating_points)
 from nexperia_utils.pixel_reference import REFERENCE_NAME, pixel_reference_results
 from nexperia_utils.published import published_table
 from nexperia_utils.reporting import (
@@ -111,6 +115,33 @@ for model_name, group in results.groupby("model", sort=False):
         curves[f"{model_name} {CROP_LABELS[crop]}"] = (pred["label"] != exp.negative_class, pred["defect_score"])
 fig = plot_roc(curves, title="Test ROC of each model's best checkpoint, per crop style")
 save_figure(fig, exp.figures_dir(), "06_roc_per_crop")
+fig
+
+# %% [markdown]
+# ## From the table to a line decision: thresholds chosen on validation
+# The report reads FPR at TPR >= t off the *test* ROC, choosing the threshold on the very images it
+# scores. Here each model's best checkpoint (CenterCrop) gets its threshold for each target TPR from
+# the validation part; applied to the test part it gives the TPR (underkill = 1 - TPR) and FPR
+# (overkill) a line would see, with stratified bootstrap intervals over the test images.
+
+# %%
+points = pd.concat([run_operating_points(exp.run_dir(run_name(arch, "ce", weights=P.weights)), exp.part("val"), test,
+                                         config=BootstrapConfig(n_boot=n_boot, seed=P.seed), device=device)
+                    for arch in archs], ignore_index=True)
+op_table = operating_point_table(points)
+op_caption = (f"Operating points (profile `{P.name}`): for each target TPR the threshold is chosen on the validation "
+              f"part ({int(points['n_val_defects'].iloc[0])} defects) with each model's best checkpoint (CenterCrop) and "
+              f"applied to the test part ({int(points['n_test_defects'].iloc[0])} defects, "
+              f"{int(points['n_test_good'].iloc[0])} good); [95 % CI] from {n_boot} stratified bootstrap resamples of "
+              f"the test images (seed {P.seed}). 'report-style' is FPR at TPR >= target read off the test ROC itself.")
+write_table(op_table, exp.tables_dir(), "table3_operating_points", op_caption)
+atomic_write_csv(exp.tables_dir() / "table3_operating_points_raw.csv", points)
+display(Markdown(op_caption))
+display(op_table)
+
+# %%
+fig = plot_operating_points(points)
+save_figure(fig, exp.figures_dir(), "06_operating_points")
 fig
 
 # %% [markdown]

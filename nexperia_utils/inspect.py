@@ -1,0 +1,285 @@
+"""The line inspector: score a folder of new images with a trained run and decide pass / review / reject.
+
+``python -m nexperia_utils.inspect --run outputs/quick/runs/resnet18-ce --images DIR --out decisions.csv
+[--target-tpr 0.997] [--review-band 0.02] [--skip-bad]`` (or ``make inspect RUN=... IMAGES=...``).
+
+- The reject threshold is the one that reaches ``target_tpr`` on the run's **validation** part
+  (best checkpoint by validation AUC, the run's preprocessing and crop style). It is saved beside
+  the checkpoints as ``operating_point.json`` with the target, the crop, the checkpoint's
+  fingerprint and the expected underkill / overkill: the test part's TPR and FPR at that fixed
+  threshold, with stratified bootstrap intervals. A saved one is reused while it matches.
+- ``review_band``: the share of validation images just below the reject threshold that go to a human
+  instead of passing; the file says how many validation defects that band catches.
+- Every PNG/JPEG/BMP file under ``--images`` (recursively) is checked and scored in batches. A bad
+  file (truncated, not an image) stops the run with an error naming every bad file and nothing is
+  written; with ``--skip-bad`` the others are scored and the bad ones listed (exit status 3).
+- ``decisions.csv``: ``image,defect_score,decision`` (``image`` relative to ``--images``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nexperia_utils import metrics
+from nexperia_utils.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+OPERATING_POINT_FILE = "operating_point.json"
+DECISIONS = ("pass", "review", "reject")
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A run's reject threshold (and review band) chosen on its validation part."""
+
+    target_tpr: float
+    review_band: float
+    crop: str
+    threshold: float
+    review_threshold: float
+    checkpoint: str
+    fingerprint: str
+    image_size: int
+    negative_class: str
+    val_tpr: float
+    val_fpr: float
+    val_review_share: float
+    val_defects_caught_in_review: int
+    n_val_defects: int
+    test_tpr: float | None = None
+    test_tpr_interval: tuple[float, float] | None = None
+    test_fpr: float | None = None
+    test_fpr_interval: tuple[float, float] | None = None
+    n_test_defects: int | None = None
+    n_test_good: int | None = None
+
+    def matches(self, target_tpr: float, review_band: float, crop: str, fingerprint: str) -> bool:
+        return (abs(self.target_tpr - target_tpr) < 1e-12 and abs(self.review_band - review_band) < 1e-12
+                and self.crop == crop and self.fingerprint == fingerprint)
+
+    def summary(self) -> str:
+        lines = [f"reject when defect score >= {self.threshold:.6g} (TPR >= {self.target_tpr * 100:g} % on "
+                 f"{self.n_val_defects} validation defects; validation FPR {self.val_fpr * 100:.2f} %)"]
+        if self.review_band > 0:
+            lines.append(f"review when {self.review_threshold:.6g} <= score < {self.threshold:.6g} "
+                         f"({self.val_review_share * 100:.1f} % of validation images; catches "
+                         f"{self.val_defects_caught_in_review} validation defects the threshold passes)")
+        if self.test_tpr is not None:
+            (tl, th), (fl, fh) = self.test_tpr_interval, self.test_fpr_interval
+            lines.append(f"expected on new devices (test part, {self.n_test_defects} defects, {self.n_test_good} good): "
+                         f"underkill {(1 - self.test_tpr) * 100:.2f} % [{(1 - th) * 100:.2f}, {(1 - tl) * 100:.2f}], "
+                         f"overkill {self.test_fpr * 100:.2f} % [{fl * 100:.2f}, {fh * 100:.2f}] (95 % bootstrap)")
+        return "\n".join(lines)
+
+
+def _check_settings(target_tpr: float, review_band: float) -> None:
+    if not 0 < target_tpr <= 1:
+        raise ConfigError(f"--target-tpr must be in (0, 1] (e.g. 0.997), got {target_tpr}")
+    if not 0 <= review_band < 1:
+        raise ConfigError(f"--review-band must be in [0, 1) (a share of the validation images), got {review_band}")
+
+
+def choose_operating_point(run_dir: Path, val_part, test_part=None, target_tpr: float = 0.997,
+                           review_band: float = 0.0, crop: str = "center", device: str = "auto",
+                           n_boot: int = 1000, seed: int = 0) -> OperatingPoint:
+    """Choose the threshold on ``val_part`` with the run's best checkpoint, estimate it on ``test_part``, save it."""
+    from nexperia_utils.evaluation import checkpoint_fingerprint, evaluate_run, prediction_file
+    from nexperia_utils.io import atomic_write_text
+    from nexperia_utils.operating_points import BootstrapConfig, bootstrap_intervals, rates_at_threshold
+    from nexperia_utils.training import read_checkpoint_meta
+
+    _check_settings(target_tpr, review_band)
+    run_dir = Path(run_dir)
+
+    def scores(part):
+        row = evaluate_run(run_dir, part, crops=[crop], top_k=1, device=device, progress=False).iloc[0]
+        frame = pd.read_csv(prediction_file(run_dir, part.name, crop, int(row["epoch"])), dtype={"image_id": str})
+        return row, frame
+
+    best, val = scores(val_part)
+    path = run_dir / "checkpoints" / best["checkpoint"]
+    meta = read_checkpoint_meta(path)
+    negative = meta["negative_class"]
+    y_val = (val["label"].astype(str) != negative).to_numpy()
+    s_val = val["defect_score"].to_numpy(float)
+    threshold = metrics.threshold_at_tpr(y_val, s_val, target_tpr)
+    val_tpr, val_fpr = rates_at_threshold(y_val, s_val, threshold)
+    below = np.sort(s_val[s_val < threshold])[::-1]
+    n_review = int(round(review_band * len(s_val)))
+    review_threshold = float(below[min(n_review, len(below)) - 1]) if n_review and len(below) else threshold
+    in_review = (s_val >= review_threshold) & (s_val < threshold)
+    fields = dict(target_tpr=float(target_tpr), review_band=float(review_band), crop=crop, threshold=threshold,
+                  review_threshold=review_threshold, checkpoint=path.name, fingerprint=checkpoint_fingerprint(path),
+                  image_size=int(meta["config"]["image_size"]), negative_class=negative, val_tpr=val_tpr,
+                  val_fpr=val_fpr, val_review_share=float(in_review.mean()),
+                  val_defects_caught_in_review=int((in_review & y_val).sum()), n_val_defects=int(y_val.sum()))
+    if test_part is not None:
+        _, test = scores(test_part)
+        y_test = (test["label"].astype(str) != negative).to_numpy()
+        s_test = test["defect_score"].to_numpy(float)
+        boot = bootstrap_intervals(y_test, s_test, [threshold], BootstrapConfig(n_boot=n_boot, seed=seed))
+        tpr, fpr = rates_at_threshold(y_test, s_test, threshold)
+        fields.update(test_tpr=tpr, test_tpr_interval=tuple(map(float, boot["tpr_interval"][0])), test_fpr=fpr,
+                      test_fpr_interval=tuple(map(float, boot["fpr_interval"][0])),
+                      n_test_defects=int(y_test.sum()), n_test_good=int((~y_test).sum()))
+    point = OperatingPoint(**fields)
+    atomic_write_text(run_dir / OPERATING_POINT_FILE, json.dumps(asdict(point), indent=2))
+    return point
+
+
+def load_operating_point(run_dir: Path) -> OperatingPoint | None:
+    """The saved operating point of a run, or ``None``."""
+    file = Path(run_dir) / OPERATING_POINT_FILE
+    if not file.exists():
+        return None
+    data = json.loads(file.read_text())
+    for key in ("test_tpr_interval", "test_fpr_interval"):
+        if data.get(key) is not None:
+            data[key] = tuple(data[key])
+    return OperatingPoint(**data)
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Every PNG/JPEG/BMP file under ``folder`` (recursively), sorted; an error when there is none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--images {folder} is not a folder; pass the folder of images to inspect")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder} holds no {'/'.join(s[1:].upper() for s in SUPPORTED_SUFFIXES)} image")
+    return files
+
+
+def decide(score: np.ndarray, point: OperatingPoint) -> np.ndarray:
+    """``reject`` at or above the threshold, ``review`` in the band below it, ``pass`` otherwise."""
+    score = np.asarray(score, dtype=float)
+    out = np.full(score.shape, "pass", dtype=object)
+    out[(score >= point.review_threshold) & (score < point.threshold)] = "review"
+    out[score >= point.threshold] = "reject"
+    return out
+
+
+def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: bool = False, batch_size: int = 128,
+                 device: str = "auto", progress: bool = True) -> tuple[pd.DataFrame, list[tuple[str, str]], float]:
+    """Score every image under ``folder``: ``(decisions, bad files, images per second)``.
+
+    The throughput counts decoding, preprocessing and the forward passes (not the file check).
+
+    Bad files raise a :class:`DataError` naming all of them unless ``skip_bad``.
+    """
+    from nexperia_utils.data import find_bad_images, format_listing
+    from nexperia_utils.dataset import SplitData, decode_images
+    from nexperia_utils.evaluation import checkpoint_fingerprint, predict_proba
+    from nexperia_utils.training import load_checkpoint
+    from nexperia_utils.transforms import resize_size_for
+
+    folder = Path(folder)
+    names = [str(p.relative_to(folder)) for p in find_images(folder)]
+    bad = find_bad_images(folder, names, progress=progress)
+    if bad and not skip_bad:
+        listing = format_listing([f"{folder / name}: {reason}" for name, reason in bad])
+        raise DataError(f"{len(bad)} of {len(names)} images under {folder} cannot be read:\n{listing}\n"
+                        f"replace them, or pass --skip-bad to score the others and list these")
+    bad_names = {name for name, _ in bad}
+    names = [name for name in names if name not in bad_names]
+    if not names:
+        raise DataError(f"no readable image under {folder}")
+    path = Path(run_dir) / "checkpoints" / point.checkpoint
+    if not path.exists() or checkpoint_fingerprint(path) != point.fingerprint:
+        raise ConfigError(f"{path} is not the checkpoint the operating point of {run_dir} was chosen with; "
+                          f"delete {Path(run_dir) / OPERATING_POINT_FILE} to choose it again")
+    model, meta = load_checkpoint(path, device=device)
+    start = time.perf_counter()
+    images = decode_images(folder, names, resize_size_for(point.image_size), progress=progress)
+    frame = pd.DataFrame({"image_id": names, "label": ""})
+    part = SplitData("inspect", frame, np.full(len(names), -1), images)
+    probs = predict_proba(model, part, point.image_size, point.crop, batch_size, device, progress=progress)
+    seconds = time.perf_counter() - start
+    negative = meta["classes"].index(point.negative_class)
+    score = metrics.defect_score(probs, negative)
+    decisions = pd.DataFrame({"image": names, "defect_score": score, "decision": decide(score, point)})
+    return decisions, bad, len(names) / max(seconds, 1e-9)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m nexperia_utils.inspect", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="a finished run: outputs/<profile>/runs/<run>")
+    parser.add_argument("--images", type=Path, required=True, help="folder of images to inspect (recursive)")
+    parser.add_argument("--out", type=Path, required=True, help="decisions CSV to write")
+    parser.add_argument("--target-tpr", type=float, default=0.997, help="TPR the threshold must reach on validation")
+    parser.add_argument("--review-band", type=float, default=0.0,
+                        help="share of validation images below the threshold sent to review (default 0: none)")
+    parser.add_argument("--skip-bad", action="store_true", help="score the readable images and list the bad ones")
+    parser.add_argument("--crop", default="center", choices=("center", "five", "ten"))
+    parser.add_argument("--profile", default=None, help="the run's profile (default: from the run's path)")
+    parser.add_argument("--data-root", default="", help="the run's data (default: the embedded synthetic set)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _operating_point(args) -> OperatingPoint:
+    """The saved operating point when it matches the arguments, else chosen on the run's validation part."""
+    from nexperia_utils.config import get_profile
+    from nexperia_utils.evaluation import checkpoint_fingerprint
+    from nexperia_utils.experiment import open_experiment
+    from nexperia_utils.training import list_checkpoints
+
+    entries = list_checkpoints(args.run)
+    if not entries:
+        raise DataError(f"{args.run} has no kept checkpoint; train the model first (make baseline-<arch>)")
+    saved = load_operating_point(args.run)
+    if saved is not None and saved.matches(args.target_tpr, args.review_band, args.crop,
+                                           checkpoint_fingerprint(entries[0]["path"])):
+        logger.info("using the operating point saved in %s", args.run / OPERATING_POINT_FILE)
+        return saved
+    profile = args.profile or Path(args.run).resolve().parent.parent.name
+    exp = open_experiment(get_profile(profile), args.data_root or None, progress=not args.no_progress)
+    size = int(json.loads((Path(args.run) / "config.json").read_text())["config"]["image_size"])
+    logger.info("choosing the threshold for TPR >= %g on the validation part of %s", args.target_tpr, exp.data_root)
+    return choose_operating_point(args.run, exp.part("val", size), exp.part("test", size), args.target_tpr,
+                                  args.review_band, args.crop, args.device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2: bad input, 3: bad images skipped)."""
+    from nexperia_utils.io import atomic_write_csv
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _check_settings(args.target_tpr, args.review_band)
+        if args.out.suffix.lower() != ".csv":
+            raise ConfigError(f"--out {args.out} must be a .csv file")
+        point = _operating_point(args)
+        decisions, bad, speed = score_folder(args.run, point, args.images, args.skip_bad, args.batch_size,
+                                             args.device, progress=not args.no_progress)
+    except (DataError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(args.out, decisions)
+    counts = decisions["decision"].value_counts()
+    print(point.summary())
+    print(f"{len(decisions)} images scored at {speed:.0f} images/s: " +
+          ", ".join(f"{counts.get(d, 0)} {d}" for d in DECISIONS) + f" -> {args.out}")
+    if bad:
+        print(f"{len(bad)} bad file(s) skipped:\n" + "\n".join(f"  {args.images / n}: {r}" for n, r in bad),
+              file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

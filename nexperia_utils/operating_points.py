@@ -1,0 +1,186 @@
+"""Operating points chosen on validation, and bootstrap intervals for AUC, TPR and FPR.
+
+The report reads "FPR at TPR >= t" off the *test* ROC: the threshold that reaches the TPR is chosen
+on the images it is scored on, so no line could run at that number. Here the threshold for each
+target TPR is chosen on the validation part (:func:`metrics.threshold_at_tpr`: reject when
+``score >= threshold``) and then *applied* to the test part, which gives the underkill (missed
+defects, 1 - TPR) and overkill (FPR) a line would see. Both readings go side by side.
+
+Intervals: a stratified bootstrap (defects and good images resampled separately, so every resample
+keeps the part's class counts), vectorised with multinomial resampling weights: ``n_boot`` resamples
+of a few thousand images take well under a second.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from nexperia_utils import metrics
+from nexperia_utils.errors import ConfigError
+
+__all__ = ["BootstrapConfig", "rates_at_threshold", "validation_operating_points", "bootstrap_intervals",
+           "format_interval", "run_operating_points", "operating_point_table", "plot_operating_points"]
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    """``n_boot`` stratified resamples, seeded; ``level`` is the coverage of the percentile interval."""
+
+    n_boot: int = 1000
+    seed: int = 0
+    level: float = 0.95
+
+    def validate(self) -> None:
+        if self.n_boot < 10:
+            raise ConfigError(f"n_boot must be >= 10, got {self.n_boot}")
+        if not 0.5 <= self.level < 1:
+            raise ConfigError(f"level must be in [0.5, 1), got {self.level}")
+
+
+def rates_at_threshold(y_defect: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(TPR, FPR) when every image with ``score >= threshold`` is rejected."""
+    y, s = metrics._as_binary(y_defect, score)
+    rejected = s >= float(threshold)
+    return float(rejected[y].mean()), float(rejected[~y].mean())
+
+
+def _resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) counts of each sample in each resample of size n (multinomial = drawing with replacement)."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+
+
+def bootstrap_intervals(y_defect: np.ndarray, score: np.ndarray, thresholds: Sequence[float] = (),
+                        config: BootstrapConfig = BootstrapConfig()) -> dict[str, np.ndarray]:
+    """Bootstrap distributions of AUC and of TPR/FPR at fixed ``thresholds``, and their percentile intervals.
+
+    Returns ``auc`` (n_boot,), ``tpr`` and ``fpr`` (n_boot, T), and ``auc_interval`` (2,),
+    ``tpr_interval`` / ``fpr_interval`` (T, 2). The AUC of a resample is the weighted Mann-Whitney
+    statistic (ties count one half), equal to :func:`metrics.roc_auc` on the resampled images.
+    """
+    config.validate()
+    y, s = metrics._as_binary(y_defect, score)
+    rng = np.random.default_rng(config.seed)
+    pos, neg = s[y], s[~y]
+    w_pos = _resample_weights(len(pos), config.n_boot, rng)
+    w_neg = _resample_weights(len(neg), config.n_boot, rng)
+    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # (n_pos, n_neg)
+    auc = np.einsum("bi,ij,bj->b", w_pos, wins, w_neg, optimize=True) / (len(pos) * len(neg))
+    t = np.asarray(thresholds, dtype=np.float64)
+    tpr = w_pos @ (pos[:, None] >= t[None, :]) / len(pos)
+    fpr = w_neg @ (neg[:, None] >= t[None, :]) / len(neg)
+    q = [(1 - config.level) / 2 * 100, (1 + config.level) / 2 * 100]
+    return {
+        "auc": auc, "tpr": tpr, "fpr": fpr,
+        "auc_interval": np.percentile(auc, q),
+        "tpr_interval": np.percentile(tpr, q, axis=0).T.reshape(len(t), 2),
+        "fpr_interval": np.percentile(fpr, q, axis=0).T.reshape(len(t), 2),
+    }
+
+
+def validation_operating_points(y_val: np.ndarray, s_val: np.ndarray, y_test: np.ndarray, s_test: np.ndarray,
+                                levels: Sequence[float] = metrics.TPR_LEVELS,
+                                config: BootstrapConfig = BootstrapConfig()) -> pd.DataFrame:
+    """One row per target TPR: the threshold chosen on validation and what it does on the test part.
+
+    Columns (fractions): ``target_tpr``, ``threshold``, ``val_tpr``, ``val_fpr``, ``test_tpr`` with
+    ``test_tpr_low``/``test_tpr_high``, ``test_fpr`` with ``test_fpr_low``/``test_fpr_high`` (bootstrap
+    over the test images), ``missed_defects`` and ``false_alarms`` (test counts), ``report_fpr`` (the
+    report's reading: FPR at TPR >= target on the test ROC itself), ``n_val_defects``,
+    ``n_test_defects``, ``n_test_good``.
+    """
+    yv, sv = metrics._as_binary(y_val, s_val)
+    yt, st = metrics._as_binary(y_test, s_test)
+    thresholds = [metrics.threshold_at_tpr(yv, sv, level) for level in levels]
+    boot = bootstrap_intervals(yt, st, thresholds, config)
+    rows = []
+    for k, (level, threshold) in enumerate(zip(levels, thresholds)):
+        val_tpr, val_fpr = rates_at_threshold(yv, sv, threshold)
+        test_tpr, test_fpr = rates_at_threshold(yt, st, threshold)
+        rows.append({
+            "target_tpr": float(level), "threshold": threshold, "val_tpr": val_tpr, "val_fpr": val_fpr,
+            "test_tpr": test_tpr, "test_tpr_low": boot["tpr_interval"][k, 0], "test_tpr_high": boot["tpr_interval"][k, 1],
+            "test_fpr": test_fpr, "test_fpr_low": boot["fpr_interval"][k, 0], "test_fpr_high": boot["fpr_interval"][k, 1],
+            "missed_defects": int((st[yt] < threshold).sum()), "false_alarms": int((st[~yt] >= threshold).sum()),
+            "report_fpr": metrics.fpr_at_tpr(yt, st, level),
+            "n_val_defects": int(yv.sum()), "n_test_defects": int(yt.sum()), "n_test_good": int((~yt).sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def format_interval(value: float, low: float, high: float, percent: bool = True) -> str:
+    """``"value [low, high]"``, in percent with two decimals by default."""
+    scale = 100.0 if percent else 1.0
+    return f"{value * scale:.2f} [{low * scale:.2f}, {high * scale:.2f}]"
+
+
+
+def run_operating_points(run_dir: Path, val_part, test_part, crop: str = "center",
+                         levels: Sequence[float] = metrics.TPR_LEVELS, config: BootstrapConfig = BootstrapConfig(),
+                         device: str = "auto") -> pd.DataFrame:
+    """:func:`validation_operating_points` of a run's best checkpoint (by validation AUC), with its test AUC.
+
+    The scores come from :func:`nexperia_utils.evaluation.evaluate_run` and its verified prediction
+    cache, so nothing already predicted is predicted again. Adds ``model``, ``run``, ``epoch``, ``crop``
+    and ``test_auc`` with ``test_auc_low``/``test_auc_high``.
+    """
+    from nexperia_utils.evaluation import evaluate_run, prediction_file
+    from nexperia_utils.training import read_checkpoint_meta
+
+    run_dir = Path(run_dir)
+    scored = {}
+    for part in (val_part, test_part):
+        row = evaluate_run(run_dir, part, crops=[crop], top_k=1, device=device, progress=False).iloc[0]
+        frame = pd.read_csv(prediction_file(run_dir, part.name, crop, int(row["epoch"])), dtype={"image_id": str})
+        scored[part.name] = (frame, row)
+    (val, best), (test, _) = scored[val_part.name], scored[test_part.name]
+    negative = read_checkpoint_meta(run_dir / "checkpoints" / best["checkpoint"])["negative_class"]
+    y_val, y_test = (val["label"].astype(str) != negative).to_numpy(), (test["label"].astype(str) != negative).to_numpy()
+    s_val, s_test = val["defect_score"].to_numpy(float), test["defect_score"].to_numpy(float)
+    table = validation_operating_points(y_val, s_val, y_test, s_test, levels, config)
+    auc_low, auc_high = bootstrap_intervals(y_test, s_test, config=config)["auc_interval"]
+    return table.assign(model=best["model"], run=run_dir.name, epoch=int(best["epoch"]), crop=crop,
+                        test_auc=metrics.roc_auc(y_test, s_test), test_auc_low=auc_low, test_auc_high=auc_high)
+
+
+def operating_point_table(points: pd.DataFrame) -> pd.DataFrame:
+    """Readable table: one row per (model, target TPR) with the two readings side by side, in percent."""
+    rows = []
+    for r in points.itertuples():
+        rows.append({
+            "model": r.model, "target TPR %": f"{r.target_tpr * 100:g}",
+            "test AUC [95 % CI]": format_interval(r.test_auc, r.test_auc_low, r.test_auc_high),
+            "threshold (from val)": f"{r.threshold:.4g}",
+            "test TPR at it [CI]": format_interval(r.test_tpr, r.test_tpr_low, r.test_tpr_high),
+            "test FPR at it [CI]": format_interval(r.test_fpr, r.test_fpr_low, r.test_fpr_high),
+            "missed / false alarms": f"{r.missed_defects} / {r.false_alarms}",
+            "report-style test FPR": f"{r.report_fpr * 100:.2f}",
+        })
+    return pd.DataFrame(rows)
+
+
+def plot_operating_points(points: pd.DataFrame):
+    """Per model: test FPR at the validation-chosen threshold (with its interval) beside the report's reading."""
+    from matplotlib.figure import Figure
+
+    models = list(dict.fromkeys(points["model"]))
+    fig = Figure(figsize=(4.2 * len(models), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
+    for ax, model in zip(axes, models):
+        group = points[points["model"] == model]
+        x = np.arange(len(group))
+        err = np.vstack([group["test_fpr"] - group["test_fpr_low"], group["test_fpr_high"] - group["test_fpr"]]) * 100
+        ax.bar(x - 0.2, group["test_fpr"] * 100, 0.4, yerr=err, capsize=3, label="threshold chosen on validation")
+        ax.bar(x + 0.2, group["report_fpr"] * 100, 0.4, label="report: read off the test ROC")
+        for xi, tpr in zip(x, group["test_tpr"]):
+            ax.annotate(f"TPR {tpr * 100:.1f}", (xi - 0.2, 2), ha="center", fontsize=7, rotation=90, color="white")
+        ax.set_xticks(x, [f"{t * 100:g}" for t in group["target_tpr"]])
+        ax.set_xlabel("target TPR (%)")
+        ax.set_title(model)
+    axes[0].set_ylabel("test FPR (%)")
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Overkill on the test part: a threshold fixed on validation vs the report's test-ROC reading")
+    return fig
