@@ -147,11 +147,14 @@ def run_operating_points(run_dir: Path, val_part, test_part, crop: str = "center
 
 
 def operating_point_table(points: pd.DataFrame) -> pd.DataFrame:
-    """Readable table: one row per (model, target TPR) with the two readings side by side, in percent."""
-    rows = []
+    """Readable table: one row per (model, target TPR) with the two readings side by side, in percent.
+
+    Indexed ``"<model> @ <target TPR> %"``.
+    """
+    rows, index = [], []
     for r in points.itertuples():
+        index.append(f"{r.model} @ {r.target_tpr * 100:g} %")
         rows.append({
-            "model": r.model, "target TPR %": f"{r.target_tpr * 100:g}",
             "test AUC [95 % CI]": format_interval(r.test_auc, r.test_auc_low, r.test_auc_high),
             "threshold (from val)": f"{r.threshold:.4g}",
             "test TPR at it [CI]": format_interval(r.test_tpr, r.test_tpr_low, r.test_tpr_high),
@@ -159,7 +162,7 @@ def operating_point_table(points: pd.DataFrame) -> pd.DataFrame:
             "missed / false alarms": f"{r.missed_defects} / {r.false_alarms}",
             "report-style test FPR": f"{r.report_fpr * 100:.2f}",
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, index=pd.Index(index, name="model @ target TPR"))
 
 
 def plot_operating_points(points: pd.DataFrame):

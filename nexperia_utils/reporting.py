@@ -255,8 +255,11 @@ def _check_name(name: str) -> None:
         )
 
 
-def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str) -> tuple[Path, Path]:
+def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str,
+                index_header: str = INDEX_HEADER) -> tuple[Path, Path]:
     """Write ``<name>.csv`` (plain table), ``<name>.md`` (table + caption) and ``<name>.caption.txt``.
+
+    ``index_header`` heads the Markdown table's first column (the row labels).
 
     Everything is rendered in memory and validated before the first file is written; each file is
     written atomically (``nexperia_utils.io``). Returns ``(csv_path, md_path)``.
@@ -270,7 +273,7 @@ def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str) -> 
     if not isinstance(caption, str):
         raise DataError(f"write_table({name!r}): caption must be a string, got {type(caption).__name__}.")
     csv_text = table.to_csv(index=True)
-    md_text = to_markdown(table, caption)
+    md_text = to_markdown(table, caption, index_header=index_header)
     out_dir = Path(out_dir)
     csv_path = atomic_write_text(out_dir / f"{name}.csv", csv_text)
     md_path = atomic_write_text(out_dir / f"{name}.md", md_text)
