@@ -170,8 +170,12 @@ def decide(score: np.ndarray, point: OperatingPoint) -> np.ndarray:
 
 
 def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: bool = False, batch_size: int = 128,
-                 device: str = "auto", progress: bool = True) -> tuple[pd.DataFrame, list[tuple[str, str]], float]:
+                 device: str = "auto", progress: bool = True,
+                 backend: str = "torch") -> tuple[pd.DataFrame, list[tuple[str, str]], float]:
     """Score every image under ``folder``: ``(decisions, bad files, images per second)``.
+
+    ``backend``: ``torch`` (the checkpoint, bf16 autocast) or ``onnx`` (its ONNX export on onnxruntime,
+    CPU; exported first when missing, see :mod:`nexperia_utils.export`).
 
     The throughput counts decoding, preprocessing and the forward passes (not the file check).
 
@@ -198,12 +202,22 @@ def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: b
     if not path.exists() or checkpoint_fingerprint(path) != point.fingerprint:
         raise ConfigError(f"{path} is not the checkpoint the operating point of {run_dir} was chosen with; "
                           f"delete {Path(run_dir) / OPERATING_POINT_FILE} to choose it again")
-    model, meta = load_checkpoint(path, device=device)
+    if backend not in ("torch", "onnx"):
+        raise ConfigError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+    model, meta = load_checkpoint(path, device=device if backend == "torch" else "cpu")
+    if backend == "onnx":
+        from nexperia_utils.export import OnnxModel, export_onnx, onnx_path_for
+
+        onnx_file = onnx_path_for(path)
+        if not onnx_file.exists() or onnx_file.stat().st_mtime < path.stat().st_mtime:
+            export_onnx(path, onnx_file)
+        model, device = OnnxModel(onnx_file), "cpu"
     start = time.perf_counter()
     images = decode_images(folder, names, resize_size_for(point.image_size), progress=progress)
     frame = pd.DataFrame({"image_id": names, "label": ""})
     part = SplitData("inspect", frame, np.full(len(names), -1), images)
-    probs = predict_proba(model, part, point.image_size, point.crop, batch_size, device, progress=progress)
+    probs = predict_proba(model, part, point.image_size, point.crop, batch_size, device, progress=progress,
+                          amp=backend == "torch")
     seconds = time.perf_counter() - start
     negative = meta["classes"].index(point.negative_class)
     score = metrics.defect_score(probs, negative)
@@ -224,6 +238,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default=None, help="the run's profile (default: from the run's path)")
     parser.add_argument("--data-root", default="", help="the run's data (default: the embedded synthetic set)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                        help="torch (the checkpoint) or onnx (its ONNX export on onnxruntime, CPU)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -264,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--out {args.out} must be a .csv file")
         point = _operating_point(args)
         decisions, bad, speed = score_folder(args.run, point, args.images, args.skip_bad, args.batch_size,
-                                             args.device, progress=not args.no_progress)
+                                             args.device, progress=not args.no_progress, backend=args.backend)
     except (DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -272,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_csv(args.out, decisions)
     counts = decisions["decision"].value_counts()
     print(point.summary())
-    print(f"{len(decisions)} images scored at {speed:.0f} images/s: " +
+    print(f"{len(decisions)} images scored ({args.backend}) at {speed:.0f} images/s: " +
           ", ".join(f"{counts.get(d, 0)} {d}" for d in DECISIONS) + f" -> {args.out}")
     if bad:
         print(f"{len(bad)} bad file(s) skipped:\n" + "\n".join(f"  {args.images / n}: {r}" for n, r in bad),
