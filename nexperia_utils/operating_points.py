@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,8 @@ from nexperia_utils import metrics
 from nexperia_utils.errors import ConfigError
 
 __all__ = ["BootstrapConfig", "rates_at_threshold", "validation_operating_points", "bootstrap_intervals",
-           "format_interval", "run_operating_points", "operating_point_table", "plot_operating_points"]
+           "format_interval", "run_operating_points", "operating_point_table", "plot_operating_points",
+           "write_operating_points"]
 
 
 @dataclass(frozen=True)
@@ -187,3 +188,31 @@ def plot_operating_points(points: pd.DataFrame):
     axes[0].legend(fontsize=7, loc="lower left")
     fig.suptitle("Overkill on the test part: a threshold fixed on validation vs the report's test-ROC reading")
     return fig
+
+
+def write_operating_points(runs: Mapping[str, Path], val_part, test_part, tables_dir: Path, name: str,
+                           config: BootstrapConfig = BootstrapConfig(), device: str = "auto") -> pd.DataFrame:
+    """The companion table of a results table: :func:`run_operating_points` of each run, written.
+
+    ``runs`` maps the label of each column of the results table (a model, a loss) to its run folder.
+    Writes ``<name>_operating_points.{csv,md}`` (:func:`operating_point_table`, with a caption that
+    says how it was made) and ``<name>_operating_points_raw.csv`` (fractions); returns the raw rows.
+    """
+    from nexperia_utils.io import atomic_write_csv
+    from nexperia_utils.reporting import write_table
+
+    points = pd.concat([run_operating_points(run_dir, val_part, test_part, config=config, device=device)
+                        .assign(model=label) for label, run_dir in runs.items()], ignore_index=True)
+    first = points.iloc[0]
+    n_test = int(first["n_test_defects"])
+    caption = (f"Operating points: for each target TPR the threshold is chosen on the validation part "
+               f"({int(first['n_val_defects'])} defects) with each run's best checkpoint (CenterCrop) and applied to "
+               f"the test part ({n_test} defects, {int(first['n_test_good'])} good); [95 % CI] from {config.n_boot} "
+               f"stratified bootstrap resamples of the test images (seed {config.seed}); when no test defect is "
+               f"missed the TPR interval is [100, 100], yet with n defects an underkill up to about 3/n "
+               f"({300 / n_test:.1f} % here, the rule of three) is still consistent with the data. 'report-style' "
+               f"is FPR at TPR >= target read off the test ROC itself.")
+    write_table(operating_point_table(points), tables_dir, f"{name}_operating_points", caption,
+                index_header="model @ target TPR")
+    atomic_write_csv(Path(tables_dir) / f"{name}_operating_points_raw.csv", points)
+    return points

@@ -61,6 +61,8 @@ def test_table4(sat_workdir):
     assert table.shape == (6, 5)
     assert list(table.index) == list(ROW_KEYS)
     assert list(table.columns) == ["Cross Entropy", "WBCE", "SAT", "SAT bad 1", "SAT bad boost"]
+    points = pd.read_csv(tables / "table4_operating_points_raw.csv")
+    assert list(dict.fromkeys(points["model"])) == list(table.columns) and len(points) == 5 * 5
     means = table.map(_mean)
     assert ((means >= 0) & (means <= 100)).all().all()
     fprs = means.loc[list(ROW_KEYS[1:])]

@@ -71,6 +71,8 @@ def test_attention_notebook_writes_table2(trained):
     assert table.shape == (8, 5)
     assert list(table.index) == list(TABLE2_ROWS)
     assert list(table.columns) == MODELS
+    points = pd.read_csv(tables / "table2_operating_points_raw.csv")
+    assert list(dict.fromkeys(points["model"])) == MODELS and len(points) == len(MODELS) * 5
     for key in ROW_KEYS:
         for cell in table.loc[key]:
             match = re.fullmatch(r"(\d+\.\d\d)(?: \((\d+\.\d\d)\))?", cell)

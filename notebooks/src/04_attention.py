@@ -37,6 +37,7 @@ from nexperia_utils import metrics
 from nexperia_utils.attention import ResNetAtt2
 from nexperia_utils.config import get_profile
 from nexperia_utils.evaluation import evaluate_run
+from nexperia_utils.operating_points import BootstrapConfig, operating_point_table, write_operating_points
 from nexperia_utils.experiment import open_experiment, train_model
 from nexperia_utils.explain import localisation_scores
 from nexperia_utils.io import atomic_write_csv
@@ -185,6 +186,10 @@ if assemble_table2:
     write_table(table, exp.tables_dir(), "table2", caption)
     display(Markdown(caption))
     display(table)
+    # companion: thresholds chosen on validation, test underkill/overkill with intervals
+    points = write_operating_points({r.model: d for r, d in zip(runs, run_dirs)}, exp.part("val"), test,
+                                    exp.tables_dir(), "table2", BootstrapConfig(seed=P.seed), device=device)
+    display(operating_point_table(points))
 
 # %% [markdown]
 # ## Beside the report's published Table 2

@@ -51,6 +51,7 @@ from nexperia_utils import metrics, noisy_labels as nl
 from nexperia_utils.config import get_profile
 from nexperia_utils.experiment import open_experiment
 from nexperia_utils.io import atomic_write_csv
+from nexperia_utils.operating_points import BootstrapConfig, operating_point_table, write_operating_points
 from nexperia_utils.published import published_table
 from nexperia_utils.reporting import (
     plot_metric_per_epoch, plot_per_class_curves, plot_training_curves, save_figure, side_by_side, write_table,
@@ -126,6 +127,10 @@ if runs:
     write_table(table, exp.tables_dir(), "table4", caption)
     display(Markdown(caption))
     display(table)
+    # companion: thresholds chosen on validation, test underkill/overkill with intervals
+    points = write_operating_points({LOSS_LABELS[name]: run_dir for name, run_dir in runs.items()}, exp.part("val"),
+                                    test, exp.tables_dir(), "table4", BootstrapConfig(seed=P.seed), device=device)
+    display(operating_point_table(points))
 
 # %% [markdown]
 # ### Beside the report's Table 4

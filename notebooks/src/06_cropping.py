@@ -32,9 +32,9 @@ from nexperia_utils import metrics
 from nexperia_utils.config import get_profile
 from nexperia_utils.evaluation import evaluate_run
 from nexperia_utils.experiment import open_experiment, run_name, train_model
-from nexperia_utils.io import atomic_write_csv
+from nexperia_utils.models import DISPLAY_NAMES
 from nexperia_utils.operating_points import (BootstrapConfig, operating_point_table, plot_operating_points,
-                                             run_operating_points)
+                                             write_operating_points)
 from nexperia_utils.pixel_reference import REFERENCE_NAME, pixel_reference_results
 from nexperia_utils.published import published_table
 from nexperia_utils.reporting import (
@@ -125,21 +125,11 @@ fig
 # (overkill) a line would see, with stratified bootstrap intervals over the test images.
 
 # %%
-points = pd.concat([run_operating_points(exp.run_dir(run_name(arch, "ce", weights=P.weights)), exp.part("val"), test,
-                                         config=BootstrapConfig(n_boot=n_boot, seed=P.seed), device=device)
-                    for arch in archs], ignore_index=True)
-op_table = operating_point_table(points)
-op_caption = (f"Operating points (profile `{P.name}`): for each target TPR the threshold is chosen on the validation "
-              f"part ({int(points['n_val_defects'].iloc[0])} defects) with each model's best checkpoint (CenterCrop) and "
-              f"applied to the test part ({int(points['n_test_defects'].iloc[0])} defects, "
-              f"{int(points['n_test_good'].iloc[0])} good); [95 % CI] from {n_boot} stratified bootstrap resamples of "
-              f"the test images (seed {P.seed}); when no test defect is missed the TPR interval is [100, 100], yet with n "
-              f"defects an underkill up to about 3/n ({300 / points['n_test_defects'].iloc[0]:.1f} % here, the rule of "
-              f"three) is still consistent with the data. 'report-style' is FPR at TPR >= target read off the test ROC itself.")
-write_table(op_table, exp.tables_dir(), "table3_operating_points", op_caption, index_header="model @ target TPR")
-atomic_write_csv(exp.tables_dir() / "table3_operating_points_raw.csv", points)
-display(Markdown(op_caption))
-display(op_table)
+points = write_operating_points({DISPLAY_NAMES[arch]: exp.run_dir(run_name(arch, "ce", weights=P.weights)) for arch in archs},
+                                exp.part("val"), test, exp.tables_dir(), "table3",
+                                BootstrapConfig(n_boot=n_boot, seed=P.seed), device=device)
+display(Markdown((exp.tables_dir() / "table3_operating_points.caption.txt").read_text()))
+display(operating_point_table(points))
 
 # %%
 fig = plot_operating_points(points)
