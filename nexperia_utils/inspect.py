@@ -93,30 +93,22 @@ def choose_operating_point(run_dir: Path, val_part, test_part=None, target_tpr: 
                            review_band: float = 0.0, crop: str = "center", device: str = "auto",
                            n_boot: int = 1000, seed: int = 0) -> OperatingPoint:
     """Choose the threshold on ``val_part`` with the run's best checkpoint, estimate it on ``test_part``, save it."""
-    from nexperia_utils.evaluation import checkpoint_fingerprint, evaluate_run, prediction_file
+    from nexperia_utils.evaluation import checkpoint_fingerprint
     from nexperia_utils.io import atomic_write_text
+    from nexperia_utils import operating_points
     from nexperia_utils.operating_points import BootstrapConfig, bootstrap_intervals, rates_at_threshold
     from nexperia_utils.training import read_checkpoint_meta
 
     _check_settings(target_tpr, review_band)
     run_dir = Path(run_dir)
 
-    def scores(part):
-        row = evaluate_run(run_dir, part, crops=[crop], top_k=1, device=device, progress=False).iloc[0]
-        frame = pd.read_csv(prediction_file(run_dir, part.name, crop, int(row["epoch"])), dtype={"image_id": str})
-        return row, frame
-
-    best, val = scores(val_part)
+    y_val, s_val, best = operating_points.run_scores(run_dir, val_part, crop, device)
     path = run_dir / "checkpoints" / best["checkpoint"]
     meta = read_checkpoint_meta(path)
     negative = meta["negative_class"]
-    y_val = (val["label"].astype(str) != negative).to_numpy()
-    s_val = val["defect_score"].to_numpy(float)
     threshold = metrics.threshold_at_tpr(y_val, s_val, target_tpr)
     val_tpr, val_fpr = rates_at_threshold(y_val, s_val, threshold)
-    below = np.sort(s_val[s_val < threshold])[::-1]
-    n_review = int(round(review_band * len(s_val)))
-    review_threshold = float(below[min(n_review, len(below)) - 1]) if n_review and len(below) else threshold
+    review_threshold = operating_points.review_threshold(s_val, threshold, review_band)
     in_review = (s_val >= review_threshold) & (s_val < threshold)
     fields = dict(target_tpr=float(target_tpr), review_band=float(review_band), crop=crop, threshold=threshold,
                   review_threshold=review_threshold, checkpoint=path.name, fingerprint=checkpoint_fingerprint(path),
@@ -124,9 +116,7 @@ def choose_operating_point(run_dir: Path, val_part, test_part=None, target_tpr: 
                   val_fpr=val_fpr, val_review_share=float(in_review.mean()),
                   val_defects_caught_in_review=int((in_review & y_val).sum()), n_val_defects=int(y_val.sum()))
     if test_part is not None:
-        _, test = scores(test_part)
-        y_test = (test["label"].astype(str) != negative).to_numpy()
-        s_test = test["defect_score"].to_numpy(float)
+        y_test, s_test, _ = operating_points.run_scores(run_dir, test_part, crop, device)
         boot = bootstrap_intervals(y_test, s_test, [threshold], BootstrapConfig(n_boot=n_boot, seed=seed))
         tpr, fpr = rates_at_threshold(y_test, s_test, threshold)
         fields.update(test_tpr=tpr, test_tpr_interval=tuple(map(float, boot["tpr_interval"][0])), test_fpr=fpr,

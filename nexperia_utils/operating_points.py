@@ -24,7 +24,7 @@ from nexperia_utils.errors import ConfigError
 
 __all__ = ["BootstrapConfig", "rates_at_threshold", "validation_operating_points", "bootstrap_intervals",
            "format_interval", "run_operating_points", "operating_point_table", "plot_operating_points",
-           "write_operating_points"]
+           "write_operating_points", "review_threshold", "review_band_curve", "run_scores", "plot_review_band"]
 
 
 @dataclass(frozen=True)
@@ -119,31 +119,34 @@ def format_interval(value: float, low: float, high: float, percent: bool = True)
 
 
 
-def run_operating_points(run_dir: Path, val_part, test_part, crop: str = "center",
-                         levels: Sequence[float] = metrics.TPR_LEVELS, config: BootstrapConfig = BootstrapConfig(),
-                         device: str = "auto") -> pd.DataFrame:
-    """:func:`validation_operating_points` of a run's best checkpoint (by validation AUC), with its test AUC.
+def run_scores(run_dir: Path, part, crop: str = "center", device: str = "auto") -> tuple[np.ndarray, np.ndarray, pd.Series]:
+    """``(is_defect, defect_score, evaluation row)`` of a run's best checkpoint (by validation AUC) on ``part``.
 
     The scores come from :func:`nexperia_utils.evaluation.evaluate_run` and its verified prediction
-    cache, so nothing already predicted is predicted again. Adds ``model``, ``run``, ``epoch``, ``crop``
-    and ``test_auc`` with ``test_auc_low``/``test_auc_high``.
+    cache, so nothing already predicted is predicted again.
     """
     from nexperia_utils.evaluation import evaluate_run, prediction_file
     from nexperia_utils.training import read_checkpoint_meta
 
     run_dir = Path(run_dir)
-    scored = {}
-    for part in (val_part, test_part):
-        row = evaluate_run(run_dir, part, crops=[crop], top_k=1, device=device, progress=False).iloc[0]
-        frame = pd.read_csv(prediction_file(run_dir, part.name, crop, int(row["epoch"])), dtype={"image_id": str})
-        scored[part.name] = (frame, row)
-    (val, best), (test, _) = scored[val_part.name], scored[test_part.name]
-    negative = read_checkpoint_meta(run_dir / "checkpoints" / best["checkpoint"])["negative_class"]
-    y_val, y_test = (val["label"].astype(str) != negative).to_numpy(), (test["label"].astype(str) != negative).to_numpy()
-    s_val, s_test = val["defect_score"].to_numpy(float), test["defect_score"].to_numpy(float)
+    row = evaluate_run(run_dir, part, crops=[crop], top_k=1, device=device, progress=False).iloc[0]
+    frame = pd.read_csv(prediction_file(run_dir, part.name, crop, int(row["epoch"])), dtype={"image_id": str})
+    negative = read_checkpoint_meta(run_dir / "checkpoints" / row["checkpoint"])["negative_class"]
+    return (frame["label"].astype(str) != negative).to_numpy(), frame["defect_score"].to_numpy(float), row
+
+
+def run_operating_points(run_dir: Path, val_part, test_part, crop: str = "center",
+                         levels: Sequence[float] = metrics.TPR_LEVELS, config: BootstrapConfig = BootstrapConfig(),
+                         device: str = "auto") -> pd.DataFrame:
+    """:func:`validation_operating_points` of a run's best checkpoint (by validation AUC), with its test AUC.
+
+    Adds ``model``, ``run``, ``epoch``, ``crop`` and ``test_auc`` with ``test_auc_low``/``test_auc_high``.
+    """
+    y_val, s_val, best = run_scores(run_dir, val_part, crop, device)
+    y_test, s_test, _ = run_scores(run_dir, test_part, crop, device)
     table = validation_operating_points(y_val, s_val, y_test, s_test, levels, config)
     auc_low, auc_high = bootstrap_intervals(y_test, s_test, config=config)["auc_interval"]
-    return table.assign(model=best["model"], run=run_dir.name, epoch=int(best["epoch"]), crop=crop,
+    return table.assign(model=best["model"], run=Path(run_dir).name, epoch=int(best["epoch"]), crop=crop,
                         test_auc=metrics.roc_auc(y_test, s_test), test_auc_low=auc_low, test_auc_high=auc_high)
 
 
@@ -216,3 +219,56 @@ def write_operating_points(runs: Mapping[str, Path], val_part, test_part, tables
                 index_header="model @ target TPR")
     atomic_write_csv(Path(tables_dir) / f"{name}_operating_points_raw.csv", points)
     return points
+
+
+def review_threshold(s_val: np.ndarray, threshold: float, band: float) -> float:
+    """Lower edge of a review band: the ``band`` share of validation images just below ``threshold`` is reviewed.
+
+    Capped by the images there are below the threshold; ``band = 0`` gives ``threshold`` (no band).
+    """
+    if not 0 <= band < 1:
+        raise ConfigError(f"the review band must be a share in [0, 1), got {band}")
+    scores = np.asarray(s_val, dtype=float)
+    below = np.sort(scores[scores < threshold])[::-1]
+    n_review = int(round(band * len(scores)))
+    return float(below[min(n_review, len(below)) - 1]) if n_review and len(below) else float(threshold)
+
+
+def review_band_curve(y_val: np.ndarray, s_val: np.ndarray, y_test: np.ndarray, s_test: np.ndarray,
+                      target_tpr: float = 0.997, bands: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)) -> pd.DataFrame:
+    """What a review band costs and buys on the test part, for each band width chosen on validation.
+
+    Columns: ``band``, ``review_threshold``, ``test_review_share`` (share of test images sent to a
+    person), ``test_missed_at_threshold`` (defects below the reject threshold), ``caught_in_review``
+    (of those, the ones the band sends to review) and ``still_missed``.
+    """
+    yv, sv = metrics._as_binary(y_val, s_val)
+    yt, st = metrics._as_binary(y_test, s_test)
+    threshold = metrics.threshold_at_tpr(yv, sv, target_tpr)
+    rows = []
+    for band in bands:
+        low = review_threshold(sv, threshold, band)
+        review = (st >= low) & (st < threshold)
+        missed = yt & (st < threshold)
+        rows.append({"band": float(band), "review_threshold": low, "test_review_share": float(review.mean()),
+                     "test_missed_at_threshold": int(missed.sum()), "caught_in_review": int((missed & review).sum()),
+                     "still_missed": int((missed & ~review).sum())})
+    return pd.DataFrame(rows)
+
+
+def plot_review_band(curve: pd.DataFrame, title: str = ""):
+    """Review load against the defects it catches that the reject threshold lets through (test part)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    x = curve["test_review_share"] * 100
+    ax.plot(x, curve["caught_in_review"], marker="o", label="caught in review")
+    ax.plot(x, curve["still_missed"], marker="s", label="still passed (underkill)")
+    for xi, band in zip(x, curve["band"]):
+        ax.annotate(f"{band * 100:g} %", (xi, 0), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    ax.set_xlabel("test images sent to review (%)  [labels: band chosen on validation]")
+    ax.set_ylabel("test defects below the reject threshold")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "What a review band buys")
+    return fig

@@ -45,3 +45,6 @@ def test_cropping_notebook_writes_table3(smoke_workdir):
     assert len(points) == 3 * 5  # models x target TPRs
     assert (points["test_fpr_low"] <= points["test_fpr"]).all() and (points["test_fpr"] <= points["test_fpr_high"]).all()
     assert (smoke_workdir / "outputs" / "smoke" / "figures" / "06_operating_points.png").exists()
+    band = pd.read_csv(tables / "table3_review_band.csv")
+    assert (band["caught_in_review"] + band["still_missed"] == band["test_missed_at_threshold"]).all()
+    assert (smoke_workdir / "outputs" / "smoke" / "figures" / "06_review_band.png").exists()

@@ -9,7 +9,8 @@ import pytest
 from nexperia_utils import metrics
 from nexperia_utils.errors import ConfigError
 from nexperia_utils.operating_points import (BootstrapConfig, _resample_weights, bootstrap_intervals,
-                                             format_interval, rates_at_threshold, validation_operating_points)
+                                             format_interval, rates_at_threshold, review_band_curve,
+                                             review_threshold, validation_operating_points)
 
 
 def test_threshold_at_tpr_with_ties_and_tpr_100() -> None:
@@ -84,3 +85,21 @@ def test_bad_settings_and_formatting() -> None:
     with pytest.raises(ValueError, match="both defect and good"):
         bootstrap_intervals(np.array([1, 1], bool), s)
     assert format_interval(0.1234, 0.1, 0.15) == "12.34 [10.00, 15.00]"
+
+
+def test_review_band_by_hand() -> None:
+    y_val = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
+    s_val = np.array([0.9, 0.8, 0.85, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    assert review_threshold(s_val, 0.8, 0.0) == 0.8
+    assert review_threshold(s_val, 0.8, 0.2) == 0.6      # the 2 validation images just below 0.8: 0.7, 0.6
+    assert review_threshold(s_val, 0.15, 0.5) == 0.1     # capped: one image is below
+    y_test = np.array([1, 1, 1, 0, 0, 0], dtype=bool)
+    s_test = np.array([0.95, 0.75, 0.55, 0.65, 0.3, 0.1])
+    curve = review_band_curve(y_val, s_val, y_test, s_test, target_tpr=1.0, bands=(0.0, 0.2, 0.4))
+    # reject at 0.8 (the lowest validation defect): test defects 0.75 and 0.55 pass
+    assert list(curve["test_missed_at_threshold"]) == [2, 2, 2]
+    assert list(curve["caught_in_review"]) == [0, 1, 2]  # band 0.2 -> [0.6, 0.8) holds 0.75; 0.4 -> [0.4, 0.8) both
+    assert list(curve["still_missed"]) == [2, 1, 0]
+    assert curve["test_review_share"].tolist() == pytest.approx([0.0, 2 / 6, 3 / 6])
+    with pytest.raises(ConfigError, match="review band"):
+        review_threshold(s_val, 0.8, 1.0)

@@ -33,7 +33,9 @@ from nexperia_utils.config import get_profile
 from nexperia_utils.evaluation import evaluate_run
 from nexperia_utils.experiment import open_experiment, run_name, train_model
 from nexperia_utils.models import DISPLAY_NAMES
+from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.operating_points import (BootstrapConfig, operating_point_table, plot_operating_points,
+                                             plot_review_band, review_band_curve, run_scores,
                                              write_operating_points)
 from nexperia_utils.pixel_reference import REFERENCE_NAME, pixel_reference_results
 from nexperia_utils.published import published_table
@@ -134,6 +136,24 @@ display(operating_point_table(points))
 # %%
 fig = plot_operating_points(points)
 save_figure(fig, exp.figures_dir(), "06_operating_points")
+fig
+
+# %% [markdown]
+# ### A review band
+# Instead of passing every device below the reject threshold (chosen on validation for TPR >= 99.7 %),
+# send the band of scores just below it to a person. For each band width (a share of the validation
+# images), how many test images go to review and how many of the test defects that the threshold lets
+# through it catches, for the first model.
+
+# %%
+review_run = exp.run_dir(run_name(archs[0], "ce", weights=P.weights))
+y_v, s_v, _ = run_scores(review_run, exp.part("val"), device=device)
+y_t, s_t, _ = run_scores(review_run, test, device=device)
+curve = review_band_curve(y_v, s_v, y_t, s_t, target_tpr=0.997)
+atomic_write_csv(exp.tables_dir() / "table3_review_band.csv", curve)
+display(curve)
+fig = plot_review_band(curve, title=f"{DISPLAY_NAMES[archs[0]]}: review band below the TPR >= 99.7 % threshold")
+save_figure(fig, exp.figures_dir(), "06_review_band")
 fig
 
 # %% [markdown]
