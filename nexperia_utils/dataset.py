@@ -22,10 +22,12 @@ from tqdm.auto import tqdm
 
 from nexperia_utils.errors import DataError
 from nexperia_utils.io import atomic_write
-from nexperia_utils.split import split_hash
-from nexperia_utils.transforms import resize_grayscale
+from nexperia_utils.transforms import resize_grayscale, resize_size_for
 
 logger = logging.getLogger(__name__)
+
+#: The label index of an image without a label (a competition's test image, a new image on the line).
+UNLABELLED = -1
 
 #: Width / height of the Nexperia images (267 x 275 pixels).
 NEXPERIA_ASPECT = 275 / 267
@@ -143,11 +145,29 @@ def load_split_part(
     resize: int,
     cache_dir: Path | None,
     progress: bool = True,
+    split_hash: str = "",
 ) -> SplitData:
-    """Rows of ``split`` whose ``split`` column is ``part``, with decoded images (cached)."""
+    """Rows of ``split`` whose ``split`` column is ``part``, with decoded images (cached).
+
+    ``split_hash``: the split's :func:`nexperia_utils.split.split_hash`, recorded on the part.
+    """
     frame = split[split["split"] == part].reset_index(drop=True)
     if frame.empty:
         raise DataError(f"the split has no {part!r} images")
     labels = encode_labels(frame["label"].tolist(), classes)
     images = load_images(data_root, frame["path"].tolist(), resize, cache_dir, progress)
-    return SplitData(part, frame, labels, images, split_hash(split))
+    return SplitData(part, frame, labels, images, split_hash)
+
+
+def unlabelled_part(name: str, data_root: Path, frame: pd.DataFrame, image_size: int,
+                    cache_dir: Path | None = None, progress: bool = True) -> SplitData:
+    """Images without labels as a :class:`SplitData` with labels :data:`UNLABELLED` (decoded, cached).
+
+    ``frame`` lists ``image_id`` and ``path`` (relative to ``data_root``); images are resized like the
+    training images (shorter side ``round(image_size * 255 / 224)``).
+    """
+    frame = frame[["image_id", "path"]].reset_index(drop=True).copy()
+    frame["label"] = ""
+    frame["split"] = name
+    images = load_images(data_root, frame["path"].tolist(), resize_size_for(image_size), cache_dir, progress)
+    return SplitData(name, frame, np.full(len(frame), UNLABELLED, dtype=np.int64), images)

@@ -57,16 +57,16 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
-from sklearn.metrics import average_precision_score, confusion_matrix, roc_curve
+from sklearn.metrics import average_precision_score, confusion_matrix
 from torch.utils.data import DataLoader
 
 from nexperia_utils import explain, metrics
 from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.metrics import threshold_at_tpr  # re-exported: the operating points of 07 use it
 from nexperia_utils.evaluation import (check_part_fits, checkpoint_fingerprint, predict_proba, prediction_file,
                                        predictions_frame, read_prediction_cache, resolve_device)
 from nexperia_utils.io import atomic_write_csv
+from nexperia_utils.metrics import threshold_at_tpr  # re-exported: it lived here before it moved to metrics
 from nexperia_utils.transforms import denormalise, eval_transform, resize_size_for
 
 logger = logging.getLogger(__name__)

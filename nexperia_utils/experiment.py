@@ -87,7 +87,7 @@ class Experiment:
         if key not in self._parts:
             resize = resize_size_for(size)
             self._parts[key] = load_split_part(self.split, name, self.data_root, self.classes, resize,
-                                               cache_dir(), self.progress)
+                                               cache_dir(), self.progress, self.split_hash)
         return self._parts[key]
 
     def run_dir(self, name: str) -> Path:

@@ -78,21 +78,6 @@ class OnnxModel(torch.nn.Module):
         return torch.from_numpy(self.session.run(None, {"image": array})[0])
 
 
-def _folder_part(folder: Path, image_size: int):
-    from nexperia_utils.data import find_bad_images
-    from nexperia_utils.dataset import SplitData, decode_images
-    from nexperia_utils.inspect import find_images
-    from nexperia_utils.transforms import resize_size_for
-
-    import pandas as pd
-
-    names = [str(p.relative_to(folder)) for p in find_images(folder)]
-    bad = {name for name, _ in find_bad_images(folder, names)}
-    names = [name for name in names if name not in bad]
-    images = decode_images(folder, names, resize_size_for(image_size), progress=False)
-    return SplitData("images", pd.DataFrame({"image_id": names, "label": ""}), np.full(len(names), -1), images)
-
-
 def parity(checkpoint: Path, onnx_file: Path, part, crop: str = "center", batch_size: int = 128) -> dict[str, float]:
     """Defect scores of ``part`` from PyTorch (float32) and onnxruntime: largest difference and images/s of each."""
     from nexperia_utils import metrics
@@ -117,6 +102,10 @@ def parity(checkpoint: Path, onnx_file: Path, part, crop: str = "center", batch_
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: export the run's best checkpoint and check it on a folder of images."""
+    import pandas as pd
+
+    from nexperia_utils.dataset import unlabelled_part
+    from nexperia_utils.inspect import readable_images
     from nexperia_utils.training import list_checkpoints, read_checkpoint_meta
 
     parser = argparse.ArgumentParser(prog="python -m nexperia_utils.export", description=__doc__.split("\n")[0])
@@ -134,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         _onnxruntime()
         out = export_onnx(checkpoint, args.out)
         size = int(read_checkpoint_meta(checkpoint)["config"]["image_size"])
-        result = parity(checkpoint, out, _folder_part(args.images, size), args.crop)
+        names, bad = readable_images(args.images, skip_bad=True, progress=False)
+        part = unlabelled_part("images", args.images, pd.DataFrame({"image_id": names, "path": names}), size,
+                               progress=False)
+        result = parity(checkpoint, out, part, args.crop)
     except (DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -142,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['max_abs_score_diff_fp32']:.2e}, vs PyTorch bf16 {result['max_abs_score_diff_bf16']:.2e}; "
           f"images/s: PyTorch bf16 {result['images_per_s_pytorch_bf16']:.0f}, PyTorch fp32 "
           f"{result['images_per_s_pytorch_fp32']:.0f}, onnxruntime {result['images_per_s_onnxruntime']:.0f}")
+    if bad:
+        print(f"{len(bad)} bad file(s) left out of the check:\n" + "\n".join(f"  {args.images / n}: {r}" for n, r in bad),
+              file=sys.stderr)
     return 0
 
 

@@ -150,6 +150,29 @@ def find_images(folder: Path) -> list[Path]:
     return files
 
 
+def readable_images(folder: Path, skip_bad: bool = False,
+                    progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+    """The readable images under ``folder`` (paths relative to it) and the bad ones with their reasons.
+
+    Every file is fully decoded once (:func:`nexperia_utils.data.find_bad_images`); a bad file raises a
+    :class:`DataError` naming all of them unless ``skip_bad``.
+    """
+    from nexperia_utils.data import find_bad_images, format_listing
+
+    folder = Path(folder)
+    names = [str(p.relative_to(folder)) for p in find_images(folder)]
+    bad = find_bad_images(folder, names, progress=progress)
+    if bad and not skip_bad:
+        listing = format_listing([f"{folder / name}: {reason}" for name, reason in bad])
+        raise DataError(f"{len(bad)} of {len(names)} images under {folder} cannot be read:\n{listing}\n"
+                        f"replace them, or pass --skip-bad to score the others and list these")
+    bad_names = {name for name, _ in bad}
+    names = [name for name in names if name not in bad_names]
+    if not names:
+        raise DataError(f"no readable image under {folder}")
+    return names, bad
+
+
 def decide(score: np.ndarray, point: OperatingPoint) -> np.ndarray:
     """``reject`` at or above the threshold, ``review`` in the band below it, ``pass`` otherwise."""
     score = np.asarray(score, dtype=float)
@@ -171,31 +194,22 @@ def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: b
 
     Bad files raise a :class:`DataError` naming all of them unless ``skip_bad``.
     """
-    from nexperia_utils.data import find_bad_images, format_listing
-    from nexperia_utils.dataset import SplitData, decode_images
+    from nexperia_utils.dataset import unlabelled_part
     from nexperia_utils.evaluation import checkpoint_fingerprint, predict_proba
-    from nexperia_utils.training import load_checkpoint
-    from nexperia_utils.transforms import resize_size_for
+    from nexperia_utils.training import load_checkpoint, read_checkpoint_meta
 
     folder = Path(folder)
-    names = [str(p.relative_to(folder)) for p in find_images(folder)]
-    bad = find_bad_images(folder, names, progress=progress)
-    if bad and not skip_bad:
-        listing = format_listing([f"{folder / name}: {reason}" for name, reason in bad])
-        raise DataError(f"{len(bad)} of {len(names)} images under {folder} cannot be read:\n{listing}\n"
-                        f"replace them, or pass --skip-bad to score the others and list these")
-    bad_names = {name for name, _ in bad}
-    names = [name for name in names if name not in bad_names]
-    if not names:
-        raise DataError(f"no readable image under {folder}")
+    names, bad = readable_images(folder, skip_bad, progress)
     path = Path(run_dir) / "checkpoints" / point.checkpoint
     if not path.exists() or checkpoint_fingerprint(path) != point.fingerprint:
         raise ConfigError(f"{path} is not the checkpoint the operating point of {run_dir} was chosen with; "
                           f"delete {Path(run_dir) / OPERATING_POINT_FILE} to choose it again")
     if backend not in ("torch", "onnx"):
         raise ConfigError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-    model, meta = load_checkpoint(path, device=device if backend == "torch" else "cpu")
-    if backend == "onnx":
+    meta = read_checkpoint_meta(path)
+    if backend == "torch":
+        model, _ = load_checkpoint(path, device=device)
+    else:
         from nexperia_utils.export import OnnxModel, export_onnx, onnx_path_for
 
         onnx_file = onnx_path_for(path)
@@ -203,9 +217,8 @@ def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: b
             export_onnx(path, onnx_file)
         model, device = OnnxModel(onnx_file), "cpu"
     start = time.perf_counter()
-    images = decode_images(folder, names, resize_size_for(point.image_size), progress=progress)
-    frame = pd.DataFrame({"image_id": names, "label": ""})
-    part = SplitData("inspect", frame, np.full(len(names), -1), images)
+    part = unlabelled_part("inspect", folder, pd.DataFrame({"image_id": names, "path": names}), point.image_size,
+                           progress=progress)
     probs = predict_proba(model, part, point.image_size, point.crop, batch_size, device, progress=progress,
                           amp=backend == "torch")
     seconds = time.perf_counter() - start

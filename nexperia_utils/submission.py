@@ -31,19 +31,19 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from nexperia_utils import kaggle
+from nexperia_utils import dataset, kaggle
 from nexperia_utils.config import Profile, resolve_path, workdir
-from nexperia_utils.dataset import SplitData, load_images
+from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.evaluation import predict_proba, resolve_device
-from nexperia_utils.transforms import CROP_STYLES, resize_size_for
+from nexperia_utils.transforms import CROP_STYLES
 
 logger = logging.getLogger(__name__)
 
 #: Name of the SplitData part that holds a competition's unlabelled test images.
 TEST_PART_NAME = "kaggle-test"
 #: Label index of an unlabelled image.
-UNLABELLED = -1
+UNLABELLED = dataset.UNLABELLED
 #: Values of ``ensemble`` besides a positive integer.
 ENSEMBLE_CHOICES: tuple[str, ...] = ("best", "top-k")
 
@@ -165,12 +165,7 @@ def unlabelled_part(data: kaggle.KaggleData, image_size: int, cache_dir: Path | 
 
     Images are resized like the training images (shorter side ``round(image_size * 255 / 224)``).
     """
-    frame = data.test[["image_id", "path"]].reset_index(drop=True).copy()
-    frame["label"] = ""
-    frame["split"] = TEST_PART_NAME
-    labels = np.full(len(frame), UNLABELLED, dtype=np.int64)
-    images = load_images(data.root, frame["path"].tolist(), resize_size_for(image_size), cache_dir, progress)
-    return SplitData(TEST_PART_NAME, frame, labels, images)
+    return dataset.unlabelled_part(TEST_PART_NAME, data.root, data.test, image_size, cache_dir, progress)
 
 
 # --------------------------------------------------------------------------------------------

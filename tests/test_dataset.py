@@ -51,3 +51,11 @@ def test_unknown_label_and_length_mismatch():
         encode_labels(["good", "bent"], ["good", "scratch"])
     with pytest.raises(DataError, match="labels"):
         ImageArrayDataset(np.zeros((2, 4, 4), np.uint8), np.zeros(3), eval_transform(32))
+
+
+def test_experiment_parts_carry_the_split_hash(workdir):
+    from nexperia_utils.config import get_profile
+    from nexperia_utils.experiment import open_experiment
+
+    exp = open_experiment(get_profile("smoke"), progress=False)
+    assert exp.split_hash and all(exp.part(name).split_hash == exp.split_hash for name in ("train", "test"))

@@ -36,7 +36,7 @@ from IPython.display import Markdown, display
 from nexperia_utils import metrics
 from nexperia_utils.attention import ResNetAtt2
 from nexperia_utils.config import get_profile
-from nexperia_utils.evaluation import evaluate_run
+from nexperia_utils.evaluation import evaluate_run, prediction_file
 from nexperia_utils.operating_points import BootstrapConfig, operating_point_table, write_operating_points
 from nexperia_utils.experiment import open_experiment, train_model
 from nexperia_utils.explain import localisation_scores
@@ -211,7 +211,7 @@ if assemble_table2:
     curves = {}
     for model_name, group in all_results.groupby("model", sort=False):
         best_epoch = group.sort_values("val_auc", ascending=False)["epoch"].iloc[0]
-        pred = pd.read_csv(exp.run_dir(group["run"].iloc[0]) / "predictions" / f"test-center-epoch{best_epoch:03d}.csv")
+        pred = pd.read_csv(prediction_file(exp.run_dir(group["run"].iloc[0]), "test", "center", best_epoch))
         curves[model_name] = (pred["label"] != exp.negative_class, pred["defect_score"])
     fig = plot_roc(curves, title="Test ROC of each model's best checkpoint (centre crop)")
     save_figure(fig, exp.figures_dir(), "04_roc_table2")

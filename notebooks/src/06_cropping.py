@@ -30,7 +30,7 @@ from IPython.display import Markdown, display
 
 from nexperia_utils import metrics
 from nexperia_utils.config import get_profile
-from nexperia_utils.evaluation import evaluate_run
+from nexperia_utils.evaluation import evaluate_run, prediction_file
 from nexperia_utils.experiment import open_experiment, run_name, train_model
 from nexperia_utils.models import DISPLAY_NAMES
 from nexperia_utils.io import atomic_write_csv
@@ -113,7 +113,7 @@ for model_name, group in results.groupby("model", sort=False):
     best_ckpt = group.sort_values("val_auc", ascending=False)["epoch"].iloc[0]
     run = group["run"].iloc[0]
     for crop in crops:
-        pred = pd.read_csv(exp.run_dir(run) / "predictions" / f"test-{crop}-epoch{best_ckpt:03d}.csv")
+        pred = pd.read_csv(prediction_file(exp.run_dir(run), "test", crop, best_ckpt))
         curves[f"{model_name} {CROP_LABELS[crop]}"] = (pred["label"] != exp.negative_class, pred["defect_score"])
 fig = plot_roc(curves, title="Test ROC of each model's best checkpoint, per crop style")
 save_figure(fig, exp.figures_dir(), "06_roc_per_crop")
