@@ -188,7 +188,8 @@ def plot_operating_points(points: pd.DataFrame):
         ax.set_xlabel("target TPR (%)")
         ax.set_title(model)
     axes[0].set_ylabel("test FPR (%)")
-    axes[0].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=2)
     fig.suptitle("Overkill on the test part: a threshold fixed on validation vs the report's test-ROC reading")
     return fig
 
@@ -259,14 +260,17 @@ def review_band_curve(y_val: np.ndarray, s_val: np.ndarray, y_test: np.ndarray, 
 def plot_review_band(curve: pd.DataFrame, title: str = ""):
     """Review load against the defects it catches that the reject threshold lets through (test part)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(6, 3.6), layout="constrained")
     ax = fig.add_subplot()
     x = curve["test_review_share"] * 100
     ax.plot(x, curve["caught_in_review"], marker="o", label="caught in review")
     ax.plot(x, curve["still_missed"], marker="s", label="still passed (underkill)")
-    for xi, band in zip(x, curve["band"]):
-        ax.annotate(f"{band * 100:g} %", (xi, 0), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    for xi, bands in curve.assign(x=x).groupby("x", sort=True)["band"]:  # capped bands share a point
+        label = " / ".join(f"{b * 100:g}" for b in bands) + " %"
+        ax.annotate(label, (xi, 0), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("test images sent to review (%)  [labels: band chosen on validation]")
     ax.set_ylabel("test defects below the reject threshold")
     ax.legend(fontsize=8)
