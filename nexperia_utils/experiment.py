@@ -70,6 +70,7 @@ class Experiment:
     negative_class: str
     split_hash: str
     progress: bool = True
+    manifest: Path | None = None
     _parts: dict[str, SplitData] = field(default_factory=dict, repr=False)
 
     @property
@@ -107,19 +108,25 @@ class Experiment:
 
 def open_experiment(profile: Profile, data_root: str | Path | None = None, split_seed: int = 0,
                     overwrite_split: bool = False, negative_class: str | None = None,
-                    manifest: str | Path | None = None, progress: bool = True) -> Experiment:
-    """Load (or generate) the data, validate it, and load (or draw) its split."""
+                    manifest: str | Path | None = None, split_csv: str | Path | None = None,
+                    progress: bool = True) -> Experiment:
+    """Load (or generate) the data, validate it, and load (or draw) its split.
+
+    ``split_csv`` reads (or writes) the split at that file instead of the default one for
+    ``split_seed`` (the training processes of a distributed run open their parent's split).
+    """
     from nexperia_utils.data import load_dataset
     from nexperia_utils.split import default_split_path, load_or_create_split, split_hash
 
     root = prepare_data(profile, data_root, progress=progress)
-    frame, negative = load_dataset(root, negative_class=negative_class,
-                                   manifest=resolve_path(manifest) if manifest else None)
-    split_csv = default_split_path(root, split_seed, splits_dir())
+    manifest_path = resolve_path(manifest) if manifest else None
+    frame, negative = load_dataset(root, negative_class=negative_class, manifest=manifest_path)
+    split_csv = resolve_path(split_csv) if split_csv else default_split_path(root, split_seed, splits_dir())
     split = load_or_create_split(frame, split_csv, seed=split_seed, overwrite=overwrite_split,
                                  negative_class=negative, data_root=root)
     classes = sorted(split["label"].unique().tolist())
-    return Experiment(profile, root, split_csv, split, classes, negative, split_hash(split), progress)
+    return Experiment(profile, root, split_csv, split, classes, negative, split_hash(split), progress,
+                      manifest_path)
 
 
 def run_name(arch: str, loss: str = "ce", train_crop: str = "center", weights: str = "none", suffix: str = "") -> str:
@@ -135,12 +142,25 @@ def run_name(arch: str, loss: str = "ce", train_crop: str = "center", weights: s
 
 
 def train_model(exp: Experiment, arch: str, loss: str = "ce", overwrite: bool = False,
-                run: str | None = None, **overrides: Any):
-    """Train one model of the experiment with the profile's settings (``overrides`` change fields)."""
-    from nexperia_utils.training import TrainConfig, train
+                run: str | None = None, world_size: int = 1, **overrides: Any):
+    """Train one model of the experiment with the profile's settings (``overrides`` change fields).
 
-    config = TrainConfig.from_profile(exp.profile, arch=arch, loss=loss, **overrides)
+    ``world_size > 1`` trains on that many local processes (one per GPU, or gloo on the CPU) with
+    ``torchrun`` and DistributedDataParallel; the batch size stays the global one. Called inside such
+    a process (``python -m nexperia_utils.distributed`` under torchrun) it trains this rank's share.
+    """
+    from nexperia_utils.distributed import current_world, launch, worker_arguments
+    from nexperia_utils.training import TrainConfig, load_result, train
+
+    config = TrainConfig.from_profile(exp.profile, arch=arch, loss=loss, world_size=world_size, **overrides)
     name = run or run_name(arch, loss, config.train_crop, config.weights)
+    if world_size > 1 and not current_world().distributed:
+        for part in ("train", "val", "test"):  # decode the cache once, before the processes read it
+            exp.part(part, config.image_size)
+        launch(world_size, worker_arguments(
+            exp.profile, arch, loss, exp.data_root, exp.split_csv, exp.manifest, exp.negative_class, name, overwrite,
+            {k: v for k, v in overrides.items()}) + ([] if exp.progress else ["--no-progress"]))
+        return load_result(exp.run_dir(name))
     test = exp.part("test", config.image_size) if config.eval_test_each_epoch else None
     return train(config, exp.part("train", config.image_size), exp.part("val", config.image_size),
                  exp.classes, exp.negative_class, exp.split_hash, exp.run_dir(name),

@@ -210,12 +210,21 @@ class SelfAdaptiveTraining(nn.Module):
         if self.mod in ("bad_1", "bad_boost"):
             is_good = (labels == self.negative_index).unsqueeze(1)
             new = torch.where(is_good, new, old)
-        self._store(indices, new)
+        # Under DistributedDataParallel every rank stores every rank's rows (in rank order, which is the
+        # global batch's order) and the weights are normalised over the global batch: the same update
+        # and the same gradient as one process with the whole batch.
+        from nexperia_utils.distributed import all_gather_rows, all_reduce_sum, current_world
+
+        self._store(*all_gather_rows(indices, new))
 
         weights = new.max(dim=1).values
         if self.mod == "bad_boost":
             weights = weights * self.class_multipliers[labels]
-        weights = weights * (weights.shape[0] / weights.sum())
+        if current_world().distributed:
+            count, total = all_reduce_sum([weights.shape[0], float(weights.sum())], weights.device)
+            weights = weights * (count / total)
+        else:
+            weights = weights * (weights.shape[0] / weights.sum())
         per_sample = torch.sum(-new * F.log_softmax(logits, dim=1), dim=1)
         return (weights * per_sample).mean()
 

@@ -94,6 +94,9 @@ class TrainConfig:
     stn_transform: str = "affine"
     #: learning rate of an STN's localisation network relative to ``lr`` (``*_stn`` models only)
     stn_lr_factor: float = 1.0
+    #: number of processes (GPUs) training together with DistributedDataParallel; ``batch_size`` is the
+    #: global batch, each process takes ``batch_size / world_size`` of it (see nexperia_utils.distributed)
+    world_size: int = 1
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides: Any) -> "TrainConfig":
@@ -119,6 +122,9 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.top_k < 1:
             raise ConfigError("epochs, batch_size and top_k must be >= 1")
+        if self.world_size < 1 or self.batch_size % self.world_size:
+            raise ConfigError(f"world_size must be >= 1 and divide batch_size; got world_size {self.world_size}, "
+                              f"batch_size {self.batch_size}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if not self.stn_lr_factor > 0:
@@ -332,18 +338,53 @@ def train_step(model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer
     return loss.detach(), logits.detach(), labels
 
 
-def _rng_state(generator: torch.Generator) -> dict:
+def _rng_state(generator: torch.Generator, worker_generator: torch.Generator | None = None) -> dict:
     state = {"torch": torch.get_rng_state(), "loader": generator.get_state()}
+    if worker_generator is not None:
+        state["workers"] = worker_generator.get_state()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+def _set_rng_state(state: dict, generator: torch.Generator, worker_generator: torch.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["loader"])
+    if worker_generator is not None:
+        worker_generator.set_state(state["workers"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _open_run_dir(run_dir: Path, meta: dict, overwrite: bool, world: Any) -> str:
+    """:func:`_prepare_run_dir` on rank 0; its answer (or its error) on every rank."""
+    from nexperia_utils.distributed import broadcast_from_main
+
+    answer: tuple[str, str] = ("ok", "")
+    if world.is_main:
+        try:
+            answer = ("ok", _prepare_run_dir(run_dir, meta, overwrite))
+        except Exception as error:  # every rank must hear of it, or the others wait forever
+            if not world.distributed:
+                raise
+            answer = (type(error).__name__, str(error))
+    kind, text = broadcast_from_main(answer)
+    if kind == "ConfigError":
+        raise ConfigError(text)
+    if kind != "ok":
+        raise RuntimeError(f"rank 0 could not prepare {run_dir}: {kind}: {text}")
+    return text
+
+
+def _gather_rng(world: Any, generator: torch.Generator, worker_generator: torch.Generator | None) -> list | None:
+    """Every rank's random-number state (saved in ``last.pt`` so each rank resumes its own streams)."""
+    if not world.distributed:
+        return None
+    import torch.distributed as dist
+
+    states: list = [None] * world.size
+    dist.all_gather_object(states, _rng_state(generator, worker_generator))
+    return states
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -363,6 +404,7 @@ def _run_identity(meta: dict) -> dict:
     identity = json.loads(json.dumps(meta))
     for key in RESULT_NEUTRAL:
         identity.get("config", {}).pop(key, None)
+    identity.get("config", {}).setdefault("world_size", 1)  # runs saved before distributed training existed
     return identity
 
 
@@ -423,25 +465,42 @@ def train(
     next call resumes). With ``config.eval_test_each_epoch`` the test part is also scored every epoch
     (Figures 6 and 9 plot it); the test part is never used to choose checkpoints.
     """
+    from nexperia_utils.distributed import RankBatchShard, all_reduce_sum, barrier, current_world
     from nexperia_utils.losses import build_loss
     from nexperia_utils.models import build_model
 
     config.validate()
+    world = current_world()
+    if config.world_size != world.size:
+        raise ConfigError(f"the config trains on {config.world_size} process(es) but this is {world.size}: "
+                          f"launch it with train_model(..., world_size={config.world_size}) or torchrun "
+                          f"--nproc_per_node={config.world_size} (make train NPROC_PER_NODE={config.world_size})")
+    progress = progress and world.is_main
     run_dir = Path(run_dir)
     negative_index = list(classes).index(negative_class)
     meta = _checkpoint_meta(config, classes, negative_class, split_hash)
-    state = _prepare_run_dir(run_dir, meta, overwrite)
+    state = _open_run_dir(run_dir, meta, overwrite, world)
     if state == "done":
         logger.info("%s is already trained; pass overwrite=True to retrain", run_dir)
         return load_result(run_dir)
 
     device = resolve_device(config.device)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config.arch, len(classes), weights=config.weights, stn_transform=config.stn_transform,
-                        input_norm=config.input_norm).to(device)
+                        input_norm=config.input_norm)
+    worker_generator = None
+    if world.distributed:
+        # Same initial weights and data order on every rank; their own augmentation streams.
+        torch.manual_seed(config.seed + world.rank)
+        worker_generator = torch.Generator().manual_seed(config.seed + world.rank)
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     use_amp = config.amp
     if use_amp:
         model = model.to(memory_format=torch.channels_last)
@@ -449,11 +508,15 @@ def train(
     loss_fn = build_loss(config.loss, classes=list(classes), negative_class=negative_class,
                          train_labels=train_labels, **config.loss_params).to(device)
     sampler = _make_sampler(config, train_part.labels, negative_index, generator)
+    batch_size, drop_last = config.batch_size, len(sampler) > config.batch_size
+    if world.distributed:
+        sampler = RankBatchShard(sampler, config.batch_size, world)
+        batch_size, drop_last = sampler.per_rank, False
     augmentation = config.augmentation if config.augment else "none"
     loader = DataLoader(
         train_part.dataset(train_crop_transform(config.image_size, config.train_crop, augmentation)),
-        batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-        generator=generator, drop_last=len(sampler) > config.batch_size,
+        batch_size=batch_size, sampler=sampler, num_workers=config.num_workers,
+        generator=worker_generator or generator, drop_last=drop_last,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     optimizer, scheduler = _make_optimizer(model, config, len(loader))
@@ -466,10 +529,15 @@ def train(
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         loss_fn.load_state_dict(payload["loss"])
-        _set_rng_state(payload["rng"], generator)
+        rng = payload["rng_ranks"][world.rank] if world.distributed else payload["rng"]
+        _set_rng_state(rng, generator, worker_generator)
         start_epoch, elapsed = payload["epoch"] + 1, payload["elapsed_s"]
         history = pd.read_csv(run_dir / "history.csv").iloc[:start_epoch].to_dict("records")
         logger.info("resuming %s at epoch %d", run_dir.name, start_epoch)
+    trained = model
+    if world.distributed:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     last_epoch = config.epochs if stop_after is None else min(config.epochs, stop_after)
     epochs_bar = tqdm(range(start_epoch, last_epoch), desc=run_dir.name, disable=not progress, unit="epoch")
@@ -477,11 +545,11 @@ def train(
         t0 = time.perf_counter()
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        model.train()
+        trained.train()
         total_loss, correct, binary_correct, seen = 0.0, 0, 0, 0
         for images, labels, indices in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}",
                                             leave=False, disable=not progress, unit="batch"):
-            loss, logits, labels = train_step(model, loss_fn, optimizer, images, labels, indices, epoch, device,
+            loss, logits, labels = train_step(trained, loss_fn, optimizer, images, labels, indices, epoch, device,
                                               use_amp, batch_scheduler)
             with torch.no_grad():
                 pred = logits.argmax(dim=1)
@@ -492,6 +560,12 @@ def train(
         lr = optimizer.param_groups[0]["lr"]
         if batch_scheduler is None:
             scheduler.step()
+        total_loss, correct, binary_correct, seen = all_reduce_sum([total_loss, correct, binary_correct, seen], device)
+        if not world.is_main:  # rank 0 validates and writes; the others wait for it
+            elapsed += time.perf_counter() - t0
+            _gather_rng(world, generator, worker_generator)  # meets rank 0's call after its validation
+            barrier()
+            continue
 
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen,
                                "train_acc": correct / seen, "train_binary_acc": binary_correct / seen}
@@ -513,14 +587,23 @@ def train(
         weights = {"model": model.state_dict(), "epoch": epoch, "val_auc": row["val_auc"], **meta}
         _update_top_k(run_dir, epoch + 1, row["val_auc"], config.top_k, weights)
         atomic_write_csv(run_dir / "history.csv", pd.DataFrame(history))
+        rng_ranks = _gather_rng(world, generator, worker_generator)  # after validation: its loader draws a seed
         _save(run_dir / "checkpoints" / "last.pt", {
             **weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "loss": loss_fn.state_dict(), "rng": _rng_state(generator), "elapsed_s": elapsed,
+            **({"rng_ranks": rng_ranks} if world.distributed else {}),
         })
+        barrier()
         epochs_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{row['val_auc']:.4f}")
         logger.info("%s epoch %d: train loss %.4f, val AUC %.4f, val FPR@100 %.4f", run_dir.name, epoch + 1,
                     row["train_loss"], row["val_auc"], row["val_fpr@100"])
 
+    if not world.is_main:
+        barrier()  # rank 0 writes final.pt and done.json
+        history = pd.read_csv(run_dir / "history.csv").to_dict("records")
+        best = list_checkpoints(run_dir)[0]
+        return TrainResult(run_dir, pd.DataFrame(history), best["epoch"], best["val_auc"], elapsed,
+                           _peak_memory_mb(device), str(device))
     frame = pd.DataFrame(history)
     best = list_checkpoints(run_dir)[0]
     result = TrainResult(run_dir, frame, best["epoch"], best["val_auc"], elapsed, _peak_memory_mb(device), str(device))
@@ -532,4 +615,5 @@ def train(
         _save(run_dir / "checkpoints" / "final.pt", final)
         atomic_write_text(run_dir / "done.json", json.dumps(done, indent=2))
         (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
+    barrier()
     return result
