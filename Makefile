@@ -35,6 +35,8 @@ help:
 	@echo "  make baseline-<arch>    notebooks/02_baseline.ipynb for one model (resnet18|resnet34|resnet50|vgg19_bn)"
 	@echo "  make stn-<arch>_stn, make attention, make table4-<loss>   single models of Tables 2 and 4"
 	@echo "  make bench              training throughput benchmark (BENCH_ARCH=...)"
+	@echo "  make train ARCH= LOSS= NPROC_PER_NODE=2   one model on N processes (torchrun + DistributedDataParallel)"
+	@echo "  make gpu-check          tools/gpu_check.py: full-scale data, throughput, ResNet18 training, Table 3 column"
 	@echo "  make clean-outputs      remove outputs/<profile>"
 	@echo "Variables: PROFILE=smoke|quick|full (now $(PROFILE)) DATA_DIR=<folder-per-class data> SEED=0 RETRAIN=True"
 	@echo "Notebooks are edited in notebooks/src/*.py and rebuilt: .venv/bin/python tools/nbbuild.py SRC DST"

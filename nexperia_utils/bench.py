@@ -2,9 +2,10 @@
 
     python -m nexperia_utils.bench --profile quick --arch resnet18
 
-(a) model alone: forward, loss, backward and SGD step on a random batch already in memory;
-(b) pipeline: the same steps fed by the real DataLoader (decoded-image cache, augmentation of
-section 3.1, collation). Both use :func:`nexperia_utils.training.train_step`. It prints images/s of
+(a) model alone: forward, loss, backward and optimiser step on a random batch already on the device;
+(b) pipeline: the same steps fed by the real DataLoader (decoded-image cache, the profile's
+augmentation, collation, pinned memory on CUDA). Both use :func:`nexperia_utils.training.train_step`
+with the profile's optimiser and its bf16 autocast + channels_last setting. It prints images/s of
 both and their ratio; a ratio near 1 means data loading is not the bottleneck.
 """
 from __future__ import annotations
@@ -17,13 +18,13 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from nexperia_utils.config import get_profile
+from nexperia_utils.config import Profile, get_profile
 from nexperia_utils.evaluation import resolve_device
 from nexperia_utils.experiment import open_experiment
 from nexperia_utils.losses import build_loss
 from nexperia_utils.models import build_model
 from nexperia_utils.training import train_step
-from nexperia_utils.transforms import train_transform
+from nexperia_utils.transforms import train_crop_transform
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +46,26 @@ def _time_steps(step, batches, warmup: int, device: torch.device) -> float:
     return time.perf_counter() - start, n
 
 
-def run_benchmark(profile: str = "quick", arch: str = "resnet18", image_size: int | None = None,
+def run_benchmark(profile: str | Profile = "quick", arch: str = "resnet18", image_size: int | None = None,
                   batch_size: int | None = None, steps: int = 20, warmup: int = 3, num_workers: int | None = None,
                   device: str = "auto", data_root: str | None = None) -> dict[str, float]:
-    P = get_profile(profile, image_size=image_size, batch_size=batch_size, num_workers=num_workers)
+    """Images/s of (a) and (b) and their ratio, for ``profile`` (a name or a :class:`Profile`)."""
+    base = get_profile(profile) if isinstance(profile, str) else profile
+    P = base.replace(**{k: v for k, v in dict(image_size=image_size, batch_size=batch_size,
+                                              num_workers=num_workers).items() if v is not None})
     dev = resolve_device(device)
     exp = open_experiment(P, data_root, progress=False)
     train_part = exp.part("train")
     labels = torch.as_tensor(train_part.labels)
-    model = build_model(arch, len(exp.classes)).to(dev)
+    model = build_model(arch, len(exp.classes), input_norm=P.input_norm).to(dev)
+    use_amp = P.amp
+    if use_amp:
+        model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss("ce", classes=exp.classes, negative_class=exp.negative_class, train_labels=labels).to(dev)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    use_amp = dev.type == "cuda"
+    if P.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=P.lr, weight_decay=P.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=P.lr, momentum=P.momentum, weight_decay=P.weight_decay)
     B, S = P.batch_size, P.image_size
 
     def step(images, y, idx):
@@ -68,7 +77,8 @@ def run_benchmark(profile: str = "quick", arch: str = "resnet18", image_size: in
     idx = torch.arange(B, device=dev)
     model_s, n_model = _time_steps(step, [(x, y, idx)] * total, warmup, dev)
 
-    loader = DataLoader(train_part.dataset(train_transform(S)), batch_size=B, shuffle=True, drop_last=True,
+    transform = train_crop_transform(S, "center", P.augmentation)
+    loader = DataLoader(train_part.dataset(transform), batch_size=B, shuffle=True, drop_last=True,
                         num_workers=P.num_workers, pin_memory=dev.type == "cuda",
                         persistent_workers=P.num_workers > 0)
     needed = total
@@ -86,7 +96,8 @@ def run_benchmark(profile: str = "quick", arch: str = "resnet18", image_size: in
     pipe_ips = n_pipe * B / pipe_s
     return {"model_images_per_s": model_ips, "pipeline_images_per_s": pipe_ips, "ratio": pipe_ips / model_ips,
             "batch_size": B, "image_size": S, "steps": steps, "num_workers": P.num_workers,
-            "threads": torch.get_num_threads(), "device": str(dev)}
+            "threads": torch.get_num_threads(), "device": str(dev), "amp": use_amp,
+            "augmentation": P.augmentation, "optimizer": P.optimizer}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r = run_benchmark(args.profile, args.arch, args.image_size, args.batch_size, args.steps, args.warmup,
                       args.num_workers, args.device, args.data_root)
     print(f"arch {args.arch}, {r['image_size']} px, batch {r['batch_size']}, device {r['device']}, "
+          f"bf16+channels_last {r['amp']}, augmentation {r['augmentation']}, {r['optimizer']}, "
           f"{r['threads']} threads, {r['num_workers']} loader workers, {r['steps']} timed steps")
     print(f"(a) model alone : {r['model_images_per_s']:8.1f} images/s")
     print(f"(b) pipeline    : {r['pipeline_images_per_s']:8.1f} images/s")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -49,13 +50,26 @@ def cache_key(paths: Sequence[str], resize: int) -> str:
 def decode_images(
     data_root: Path, paths: Sequence[str], resize: int, progress: bool = True
 ) -> np.ndarray:
-    """Decode and resize the images at ``data_root / path`` into one ``(N, R, W)`` uint8 array."""
+    """Decode and resize the images at ``data_root / path`` into one ``(N, R, W)`` uint8 array.
+
+    Threads decode in parallel (Pillow releases the GIL while it decodes and resizes): one per core
+    this process may use, at most 16; the result does not depend on their number.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from nexperia_utils.data import read_grayscale
 
     width = cache_width(resize)
     out = np.empty((len(paths), resize, width), dtype=np.uint8)
-    for i, rel in enumerate(tqdm(paths, desc=f"decode {resize}px", disable=not progress, unit="img")):
-        out[i] = resize_grayscale(read_grayscale(Path(data_root) / rel), resize, width)
+
+    def decode(i: int) -> None:
+        out[i] = resize_grayscale(read_grayscale(Path(data_root) / paths[i]), resize, width)
+
+    threads = max(1, min(16, len(os.sched_getaffinity(0))))
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in tqdm(pool.map(decode, range(len(paths))), total=len(paths), desc=f"decode {resize}px",
+                      disable=not progress, unit="img"):
+            pass
     return out
 
 
