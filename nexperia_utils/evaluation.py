@@ -170,8 +170,12 @@ def evaluate_run(
     batch_size: int = 128,
     progress: bool = True,
     save_predictions: bool = True,
+    num_workers: int = 0,
 ) -> pd.DataFrame:
     """Evaluate the best ``top_k`` checkpoints of a run on ``part`` with each crop style.
+
+    ``num_workers`` loader processes crop the images (worth it on a GPU, where ten crops of a
+    224-px test part otherwise keep one CPU core busy while the GPU waits).
 
     Returns one row per (checkpoint, crop) with the metrics of :func:`metrics.summarize` as
     fractions, plus ``model``, ``arch``, ``crop``, ``checkpoint``, ``epoch`` and ``val_auc``. Per-image
@@ -207,7 +211,8 @@ def evaluate_run(
             else:
                 if model is None:  # load the weights only when something must be predicted
                     model, meta = load_checkpoint(entry["path"], device=device)
-                probs = predict_proba(model, part, meta["config"]["image_size"], crop, batch_size, device)
+                probs = predict_proba(model, part, meta["config"]["image_size"], crop, batch_size, device,
+                                      num_workers=num_workers)
                 if save_predictions:
                     atomic_write_csv(pred_file, predictions_frame(part, probs, classes, neg, fingerprint))
             summary = metrics.summarize(probs, labels, neg)

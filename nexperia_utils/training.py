@@ -569,12 +569,13 @@ def train(
 
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen,
                                "train_acc": correct / seen, "train_binary_acc": binary_correct / seen}
+        eval_workers = config.num_workers if device.type == "cuda" else 0  # a GPU must not wait for one core
         val_probs = predict_proba(model, val_part, config.image_size, config.train_crop,
-                                  config.eval_batch_size, device, amp=use_amp)
+                                  config.eval_batch_size, device, amp=use_amp, num_workers=eval_workers)
         row.update(epoch_metrics(val_probs, val_part.labels, classes, negative_index, "val"))
         if config.eval_test_each_epoch and test_part is not None:
             test_probs = predict_proba(model, test_part, config.image_size, config.train_crop,
-                                       config.eval_batch_size, device, amp=use_amp)
+                                       config.eval_batch_size, device, amp=use_amp, num_workers=eval_workers)
             row.update(epoch_metrics(test_probs, test_part.labels, classes, negative_index, "test"))
         elapsed += time.perf_counter() - t0
         row["time_s"] = elapsed

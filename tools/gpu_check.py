@@ -63,7 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--epochs", type=int, help="epochs to train (default: as many as fit --budget-s)")
-    parser.add_argument("--budget-s", type=float, default=240.0, help="training time to fill when --epochs is not given")
+    parser.add_argument("--budget-s", type=float, default=210.0, help="training time to fill when --epochs is not given")
     parser.add_argument("--max-epochs", type=int, default=15)
     parser.add_argument("--workers", type=int, default=max(0, min(cores - 1, 12)), help="DataLoader workers")
     parser.add_argument("--device", default="auto")
@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = get_profile(
         "full", data_scale=args.scale, data_dir=data_dir, image_size=args.image_size, batch_size=args.train_batch,
         weights="none", optimizer="adamw", lr=args.lr, weight_decay=0.05, scheduler="onecycle", augmentation="flip",
-        input_norm="image", sampler="binary", num_workers=args.workers, top_k=3, seed=args.seed, amp=True)
+        input_norm="image", sampler="binary", num_workers=args.workers, top_k=3, seed=args.seed, amp=True,
+        eval_batch_size=512)
 
     # 1. data
     root = profile.data_root()
@@ -202,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 4. Table 3's column for the trained model
     rows = evaluate_run(exp.run_dir(run), parts["test"], crops=CROPS, device=device,
-                        batch_size=profile.eval_batch_size, progress=progress, save_predictions=False)
+                        batch_size=profile.eval_batch_size, progress=progress, save_predictions=False,
+                        num_workers=args.workers)
     summary["table3"] = crop_table(rows)
     write_summary(args.out, summary, start)
     print(markdown(summary))
