@@ -102,10 +102,13 @@ def test_loss_params_overrides_and_errors():
 
 
 def test_study_train_overrides_follow_section_3_7():
-    profile = get_profile("quick")
-    o = ss.study_train_overrides(profile, "sat", {"alpha": 0.9, "sat_es": 4})
+    full = get_profile("full")
+    o = ss.study_train_overrides(full, "sat", {"alpha": 0.9, "sat_es": 4})
     assert o["arch"] == "resnet34" and o["weights"] == "none" and o["scheduler"] == "cosine"
-    assert o["epochs"] == profile.sat_epochs and o["lr"] == profile.sat_lr and o["batch_size"] == 32
+    assert o["epochs"] == full.sat_epochs and o["lr"] == full.sat_lr and o["batch_size"] == 32
+    profile = get_profile("quick")  # from scratch: the profile's own one-cycle recipe
+    o = ss.study_train_overrides(profile, "sat", {"alpha": 0.9, "sat_es": 4})
+    assert o["scheduler"] == "onecycle" and o["lr"] == profile.lr and o["epochs"] == profile.sat_epochs
     assert o["eval_test_each_epoch"] and o["sampler"] == "none"
     config = TrainConfig.from_profile(profile, **o)  # the overrides are valid TrainConfig fields
     assert config.loss_params == {"alpha": 0.9, "sat_es": 4}

@@ -2,7 +2,8 @@
 # # 05 · Noisy labels: SAT and weighted binary cross entropy — Table 4, Figures 4, 5, 7, 8, 9 (report sections 2.5-2.7, 3.6-3.7)
 #
 # ResNet34 is trained **from scratch** with five losses, each its own run (section 3.7: cosine annealing
-# from learning rate `sat_lr`, batch 32, `sat_epochs` epochs; the report: 0.01 and 200 epochs):
+# from learning rate `sat_lr`, batch 32, `sat_epochs` epochs; the report: 0.01 and 200 epochs; the quick and
+# smoke profiles keep their own one-cycle schedule and learning rate, under which a model learns in 8 epochs):
 #
 # - **Cross Entropy**;
 # - **WBCE**, weighted binary cross entropy: per image `(ce + b bce) / (1 + b)` with `b = m` once the epoch
@@ -58,7 +59,7 @@ from nexperia_utils.reporting import (
 )
 from nexperia_utils.sat_study import (
     LOSS_LABELS, SAT_LOSSES, STUDY_LOSSES, StudySettings, evaluate_study, finished_study_runs, load_history,
-    parse_losses, study_run_name, table4, train_study_run,
+    parse_losses, study_run_name, study_schedule, table4, train_study_run,
 )
 from nexperia_utils.split import split_counts
 
@@ -70,7 +71,7 @@ settings = StudySettings(alpha=alpha, sat_es=sat_es, boost_classes=boost_classes
                          wbce_start_epochs=wbce_start_epochs, wbce_m=wbce_m, wbce_default_start=wbce_default_start)
 to_train = parse_losses(loss)
 counts = split_counts(exp.split)
-print(f"profile {P.name}: ResNet34 from scratch, {n_epochs} epochs, lr {P.sat_lr} (cosine), batch 32, "
+print(f"profile {P.name}: ResNet34 from scratch, {n_epochs} epochs, {study_schedule(P)}, batch 32, "
       f"{P.image_size} px; SAT after {settings.sat_es if settings.sat_es is not None else P.sat_es} epochs of CE")
 print("losses to train:", to_train or "none (comparison only)")
 for name in to_train:
@@ -118,7 +119,7 @@ if runs:
     n_defects = int(metrics.is_defect(test.labels, exp.negative_index).sum())
     caption = (
         f"Table 4 (reproduction, profile `{P.name}`): ResNet34 trained from scratch with each loss for {n_epochs} "
-        f"epochs at {P.image_size} px (lr {P.sat_lr}, cosine annealing, batch 32); mean (std) in percent over the "
+        f"epochs at {P.image_size} px ({study_schedule(P)}, batch 32); mean (std) in percent over the "
         f"{k} checkpoints with the best validation AUC, centre crop, on the test part ({len(test)} images, "
         f"{n_defects} defects) of `{exp.data_root.name}`. WBCE's binary term is computed from the live logits "
         f"(the original code detached it, so its WBCE acted as a rescaled cross entropy). The report's single "
