@@ -225,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     profile = Profile(**json.loads(args.profile_json)) if args.profile_json else get_profile(args.profile)
     overrides = _parse_overrides(args.set)
+    overrides.pop("world_size", None)  # the number of processes torchrun started
     world = _init_process_group()
     try:
         progress = world.is_main and not args.no_progress
