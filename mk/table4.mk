@@ -3,7 +3,8 @@
 #   make reproduce-table4            every loss in turn (finished runs are reused), then Table 4 and the figures
 #   make table4-<loss>               one loss: ce | wbce | sat | sat_bad_1 | sat_bad_boost
 #                                    -> $(NB_OUT)/05_sat-<loss>.ipynb
-#   variables: SAT_SAMPLER=none|bootstrap|without_replacement (class-balanced sampling), RETRAIN=True
+#   variables: SAT_SAMPLER=none|bootstrap|without_replacement (class-balanced sampling; none: the profile's own,
+#              half-defect batches on quick and smoke, plain shuffling on full), RETRAIN=True
 SAT_LOSSES := ce wbce sat sat_bad_1 sat_bad_boost
 SAT_SAMPLER ?= none
 SAT_TARGETS := $(addprefix table4-,$(SAT_LOSSES))

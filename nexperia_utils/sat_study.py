@@ -181,7 +181,8 @@ class StudySettings:
 def study_schedule(profile: Profile) -> str:
     """The study's learning rate and schedule on ``profile``, in words (for captions)."""
     o = study_train_overrides(profile, "ce", {})
-    return f"lr {o['lr']:g}, {'one-cycle' if o['scheduler'] == 'onecycle' else 'cosine annealing'}"
+    words = f"lr {o['lr']:g}, {'one-cycle' if o['scheduler'] == 'onecycle' else 'cosine annealing'}"
+    return words + (", half-defect batches" if o["sampler"] == "binary" else "")
 
 
 def study_train_overrides(profile: Profile, loss: str, loss_params: Mapping[str, Any], epochs: int | None = None,
@@ -192,20 +193,24 @@ def study_train_overrides(profile: Profile, loss: str, loss_params: Mapping[str,
     With a class-balanced ``sampler`` and no ``sampler_per_class``, each class contributes
     ``ceil(n_train / n_classes)`` images per epoch (an epoch as long as a plain one).
 
-    The report's schedule (``profile.sat_lr``, cosine annealing) is kept for profiles that
-    fine-tune with it (``full``). Profiles that train from scratch with a one-cycle schedule (quick,
-    smoke) keep their own learning rate and schedule: at lr 1e-3 cosine, ResNet34 from scratch was
-    still at validation AUC 0.57 after 4 of 8 quick epochs, so SAT and CE were compared on a model
-    that had not learned (docs/LEARNING.md).
+    The report's schedule (``profile.sat_lr``, cosine annealing, plain shuffling) is kept for profiles
+    that train with it (``full``). Profiles that train from scratch with a one-cycle schedule (quick,
+    smoke) keep their own recipe - learning rate, schedule and, for ``sampler="none"``, their own
+    sampler (half-defect batches): with lr 1e-3 cosine ResNet34 was at validation AUC 0.57 after 4 of
+    8 quick epochs, and with one-cycle but plain shuffling still at 0.57-0.59 after 5 (measured
+    2026-12-03), so SAT and CE were compared on a model that had not learned.
     """
-    if sampler != "none" and sampler_per_class is None:
+    from_scratch = profile.scheduler == "onecycle"
+    if sampler == "none" and from_scratch:
+        sampler = profile.sampler
+    if sampler in ("bootstrap", "without_replacement") and sampler_per_class is None:
         if not n_train or not n_classes:
             raise ConfigError("a class-balanced sampler needs sampler_per_class (or n_train and n_classes)")
         sampler_per_class = math.ceil(n_train / n_classes)
     return dict(
         arch=STUDY_ARCH, loss=loss, loss_params=dict(loss_params), weights="none",
         epochs=profile.sat_epochs if epochs is None else int(epochs),
-        **({"lr": profile.lr, "scheduler": "onecycle"} if profile.scheduler == "onecycle"
+        **({"lr": profile.lr, "scheduler": "onecycle"} if from_scratch
            else {"lr": profile.sat_lr, "scheduler": "cosine"}),
         batch_size=STUDY_BATCH_SIZE, eval_test_each_epoch=True, sampler=sampler,
         sampler_per_class=int(sampler_per_class or 0), device=device,

@@ -109,7 +109,10 @@ def test_study_train_overrides_follow_section_3_7():
     profile = get_profile("quick")  # from scratch: the profile's own one-cycle recipe
     o = ss.study_train_overrides(profile, "sat", {"alpha": 0.9, "sat_es": 4})
     assert o["scheduler"] == "onecycle" and o["lr"] == profile.lr and o["epochs"] == profile.sat_epochs
-    assert o["eval_test_each_epoch"] and o["sampler"] == "none"
+    assert o["sampler"] == "binary" and ss.study_schedule(profile) == "lr 0.003, one-cycle, half-defect batches"
+    assert ss.study_schedule(full) == "lr 0.01, cosine annealing"
+    assert o["eval_test_each_epoch"]
+    assert ss.study_train_overrides(full, "ce", {})["sampler"] == "none"  # the report: plain shuffling
     config = TrainConfig.from_profile(profile, **o)  # the overrides are valid TrainConfig fields
     assert config.loss_params == {"alpha": 0.9, "sat_es": 4}
     balanced = ss.study_train_overrides(profile, "ce", {}, epochs=3, sampler="bootstrap", n_train=101, n_classes=10)

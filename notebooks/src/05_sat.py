@@ -32,7 +32,7 @@ wbce_start_epochs = None     # WBCE: {class name: first epoch (0-based) of the b
                              # (lead_defect 70, marking_defect 35, pocket_damage 0 of 200 epochs) scaled to `epochs`
 wbce_default_start = None    # WBCE: start epoch of the classes not named (None: never)
 wbce_m = 0.1                 # WBCE: weight of the binary term
-sampler = "none"             # none | bootstrap | without_replacement (class-balanced sampling)
+sampler = "none"             # none (the profile's own: half-defect batches on quick/smoke) | bootstrap | without_replacement
 sampler_per_class = None     # images per class and epoch for a class-balanced sampler (None: train size / classes)
 run_suffix = ""              # appended to the run names, to keep variants apart
 compare = True               # Table 4 and Figures 4, 5, 7, 8, 9 from every finished run
