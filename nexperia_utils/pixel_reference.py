@@ -5,7 +5,9 @@ A deep model's number means something only beside what a linear model on the sam
 good, ``class_weight="balanced"``) on the centre crops of the training part at the model's input size,
 choosing the regularisation ``C`` by validation AUC; :func:`pixel_reference_results` scores the
 chosen model on a part and returns a row shaped like :func:`nexperia_utils.evaluation.evaluate_run`'s,
-so the tables show it as one more column (a single evaluation: mean without std).
+so the tables show it as one more column (a single evaluation: mean without std);
+:func:`with_pixel_reference` appends that row to a results frame under the table's column name, and
+:func:`reference_note` is the sentence every caption gives it.
 
 Nothing here looks at the test part before the model is chosen; the test part is scored once.
 """
@@ -114,3 +116,28 @@ def pixel_reference_results(train: SplitData, val: SplitData, part: SplitData, n
     """Fit the reference (C chosen on ``val``) and score it on ``part``: a one-row results frame."""
     reference = fit_pixel_reference(train, val, negative_index, image_size, Cs)
     return pd.DataFrame([reference_row(reference, part, negative_index)])
+
+
+def with_pixel_reference(results: pd.DataFrame, train: SplitData, val: SplitData, part: SplitData,
+                         negative_index: int, image_size: int, label_column: str = "model",
+                         Cs: Sequence[float] = DEFAULT_CS) -> pd.DataFrame:
+    """``results`` with the reference's row on ``part`` appended, named in ``label_column`` too.
+
+    ``label_column`` is the column a table groups by (``model`` for Tables 2 and 3, ``loss_label``
+    for Table 4), so the reference appears as one more column of that table.
+    """
+    if label_column not in results.columns:
+        raise DataError(f"results have no column {label_column!r} to name the reference in; "
+                        f"columns: {list(results.columns)}")
+    reference = pixel_reference_results(train, val, part, negative_index, image_size, Cs)
+    reference[label_column] = REFERENCE_NAME
+    return pd.concat([results, reference], ignore_index=True)
+
+
+def reference_note(results: pd.DataFrame) -> str:
+    """The caption sentence for the reference row of ``results`` (the C it was given, how it was scored)."""
+    rows = results[results["model"] == REFERENCE_NAME]
+    if len(rows) != 1:
+        raise DataError(f"expected one {REFERENCE_NAME!r} row in the results, found {len(rows)}")
+    return (f"{REFERENCE_NAME}: logistic regression on the raw pixels of the same centre crops "
+            f"({rows['checkpoint'].iloc[0]} chosen on validation), a single evaluation.")

@@ -274,11 +274,14 @@ def evaluate_study(exp, runs: Mapping[str, Path], top_k: int | None = None, devi
 
 def table4(results: pd.DataFrame) -> pd.DataFrame:
     """Table 4 in the report's shape: rows AUC and FPR at each TPR, one column per loss (report names),
-    mean (std) in percent over the evaluated checkpoints, losses in :data:`STUDY_LOSSES` order."""
+    mean (std) in percent over the evaluated checkpoints, losses in :data:`STUDY_LOSSES` order, then
+    the pixel reference when ``results`` hold its row (:func:`nexperia_utils.pixel_reference.with_pixel_reference`)."""
+    from nexperia_utils.pixel_reference import REFERENCE_NAME
     from nexperia_utils.reporting import summary_table
 
     if "loss_label" not in results.columns:
         raise DataError("table4 needs the column 'loss_label' (results of evaluate_study)")
     present = set(results["loss_label"])
     order = [LOSS_LABELS[l] for l in STUDY_LOSSES if LOSS_LABELS[l] in present]
+    order += [REFERENCE_NAME] if REFERENCE_NAME in present else []
     return summary_table(results, columns=("loss_label",), column_order=order)

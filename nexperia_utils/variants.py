@@ -221,19 +221,29 @@ def table2(results: pd.DataFrame, overview: pd.DataFrame, models: Sequence[str] 
     ``overview`` (:func:`run_overview`). Columns: the models, in ``models`` order (default: as
     in ``results``).
 
+    The pixel reference's column (when ``results`` hold its row) comes last, with "-" for time and
+    memory (it is not a trained network).
+
     Raises:
         DataError: a model of the table has no row in ``overview``.
     """
+    from nexperia_utils.pixel_reference import REFERENCE_NAME
     from nexperia_utils.reporting import summary_table
 
     order = list(models) if models is not None else list(dict.fromkeys(results["model"]))
+    order += [REFERENCE_NAME] if REFERENCE_NAME in set(results["model"]) and REFERENCE_NAME not in order else []
     table = summary_table(results, columns=("model",), column_order=order)
-    absent = [m for m in table.columns if m not in overview.index]
+    trained = [m for m in table.columns if m != REFERENCE_NAME]
+    absent = [m for m in trained if m not in overview.index]
     if absent:
         raise DataError(f"no training record (done.json) for {absent}; overview has {list(overview.index)}.")
+
+    def cell(model: str, column: str, scale: float, digits: int) -> str:
+        return "-" if model == REFERENCE_NAME else f"{overview.loc[model, column] / scale:.{digits}f}"
+
     cost = pd.DataFrame(
-        [[f"{overview.loc[m, 'train_time_s'] / 60:.2f}" for m in table.columns],
-         [f"{overview.loc[m, 'peak_memory_mb']:.0f}" for m in table.columns]],
+        [[cell(m, "train_time_s", 60, 2) for m in table.columns],
+         [cell(m, "peak_memory_mb", 1, 0) for m in table.columns]],
         index=[TIME_ROW, MEMORY_ROW], columns=table.columns,
     )
     out = pd.concat([table, cost])

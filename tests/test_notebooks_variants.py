@@ -15,6 +15,7 @@ import pytest
 
 from helpers import run_notebook
 from nexperia_utils.config import get_profile
+from nexperia_utils.pixel_reference import REFERENCE_NAME
 from nexperia_utils.published import ROW_KEYS
 from nexperia_utils.variants import MEMORY_ROW, TABLE2_ROWS, TIME_ROW
 
@@ -68,9 +69,9 @@ def test_attention_notebook_writes_table2(trained):
     tables = out / "tables"
 
     table = pd.read_csv(tables / "table2.csv", index_col=0, dtype=str)
-    assert table.shape == (8, 5)
+    assert table.shape == (8, 6)
     assert list(table.index) == list(TABLE2_ROWS)
-    assert list(table.columns) == MODELS
+    assert list(table.columns) == [*MODELS, REFERENCE_NAME]
     points = pd.read_csv(tables / "table2_operating_points_raw.csv")
     assert list(dict.fromkeys(points["model"])) == MODELS and len(points) == len(MODELS) * 5
     for key in ROW_KEYS:
@@ -78,8 +79,9 @@ def test_attention_notebook_writes_table2(trained):
             match = re.fullmatch(r"(\d+\.\d\d)(?: \((\d+\.\d\d)\))?", cell)
             assert match, cell
             assert 0.0 <= float(match.group(1)) <= 100.0
-    assert (table.loc[TIME_ROW].astype(float) > 0).all()
-    assert (table.loc[MEMORY_ROW].astype(float) > 0).all()
+    assert (table.loc[TIME_ROW, MODELS].astype(float) > 0).all()
+    assert (table.loc[MEMORY_ROW, MODELS].astype(float) > 0).all()
+    assert table.loc[[TIME_ROW, MEMORY_ROW], REFERENCE_NAME].tolist() == ["-", "-"]
     # models with two kept checkpoints get a std, the one-epoch VGG runs a single number
     assert "(" in table.loc["auc", "ResNet18"] and "(" not in table.loc["auc", "VGG19_bn"]
 

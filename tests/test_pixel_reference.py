@@ -12,7 +12,8 @@ from nexperia_utils import metrics
 from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.pixel_reference import (
-    REFERENCE_NAME, fit_pixel_reference, pixel_features, pixel_reference_results,
+    REFERENCE_NAME, fit_pixel_reference, pixel_features, pixel_reference_results, reference_note,
+    with_pixel_reference,
 )
 
 NEG = 1  # class 1 is "good" here; 0 and 2 are defects
@@ -71,3 +72,19 @@ def test_reference_needs_both_classes_and_positive_cs():
         fit_pixel_reference(train, only_good, NEG, 10)
     with pytest.raises(ConfigError, match="positive numbers"):
         fit_pixel_reference(train, val, NEG, 10, Cs=(0.0,))
+
+
+def test_with_pixel_reference_appends_one_named_row_and_its_caption_note():
+    train, val, test = _part("train", 200, 6), _part("val", 80, 7), _part("test", 90, 8)
+    results = pd.DataFrame({"model": ["ResNet18", "ResNet18"], "loss_label": ["Cross Entropy"] * 2,
+                            "auc": [0.9, 0.8]})
+    out = with_pixel_reference(results, train, val, test, NEG, 10, label_column="loss_label", Cs=(1e-2,))
+    assert len(out) == 3 and out.iloc[:2]["auc"].tolist() == [0.9, 0.8]
+    last = out.iloc[2]
+    assert last["model"] == REFERENCE_NAME and last["loss_label"] == REFERENCE_NAME
+    assert last["auc"] == pytest.approx(pixel_reference_results(train, val, test, NEG, 10, Cs=(1e-2,))["auc"].iloc[0])
+    assert reference_note(out).startswith(f"{REFERENCE_NAME}: logistic regression") and "C=0.01 chosen" in reference_note(out)
+    with pytest.raises(DataError, match="no column 'arch_label'"):
+        with_pixel_reference(results, train, val, test, NEG, 10, label_column="arch_label")
+    with pytest.raises(DataError, match="expected one"):
+        reference_note(results)

@@ -12,6 +12,7 @@ from nexperia_utils import sat_study as ss
 from nexperia_utils.config import get_profile
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.losses import SelfAdaptiveTraining, WeightedBinaryCE, build_loss
+from nexperia_utils.pixel_reference import REFERENCE_NAME
 from nexperia_utils.published import ROW_KEYS, published_table
 from nexperia_utils.synthetic import CLASSES
 from nexperia_utils.training import TrainConfig
@@ -155,3 +156,8 @@ def test_table4_shape_order_and_cells():
     assert table.loc["fpr@100", "Cross Entropy"] == "65.00 (7.07)"  # 60 and 70 %: sample std 7.07
     with pytest.raises(DataError, match="loss_label"):
         ss.table4(_results().drop(columns="loss_label"))
+    reference = pd.DataFrame([{"model": REFERENCE_NAME, "loss_label": REFERENCE_NAME, "checkpoint": "C=0.01",
+                               "auc": 0.55, **{key: 0.9 for key in ROW_KEYS[1:]}}])
+    with_reference = ss.table4(pd.concat([reference, _results()], ignore_index=True))
+    assert list(with_reference.columns) == ["Cross Entropy", "WBCE", "SAT bad boost", REFERENCE_NAME]  # last
+    assert with_reference.loc["auc", REFERENCE_NAME] == "55.00"  # a single evaluation: no std

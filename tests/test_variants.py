@@ -26,6 +26,7 @@ from nexperia_utils.config import get_profile
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.explain import map_box_to_input
 from nexperia_utils.models import build_model
+from nexperia_utils.pixel_reference import REFERENCE_NAME
 from nexperia_utils.published import ROW_KEYS
 from nexperia_utils.stn import warp
 from nexperia_utils.variant_plots import plot_attention_maps, plot_stn_examples, plot_theta_distribution
@@ -176,6 +177,11 @@ def test_table2_adds_time_and_memory_rows(tmp_path: Path) -> None:
     assert table.loc[MEMORY_ROW].tolist() == ["1234", "5001"]
     with pytest.raises(DataError, match="no training record"):
         table2(results, overview.drop(index="ResNet18"), ["ResNet18", "VGG19_bn_stn"])
+    reference = _results({REFERENCE_NAME: [0.6]})
+    with_reference = table2(pd.concat([results, reference], ignore_index=True), overview, ["ResNet18", "VGG19_bn_stn"])
+    assert list(with_reference.columns) == ["ResNet18", "VGG19_bn_stn", REFERENCE_NAME]
+    assert with_reference.loc["auc", REFERENCE_NAME] == "60.00"
+    assert with_reference.loc[[TIME_ROW, MEMORY_ROW], REFERENCE_NAME].tolist() == ["-", "-"]  # not a trained network
     caption = table2_caption(get_profile("smoke"), overview, 2, "affine", 18, 9, "synthetic-smoke")
     assert "ResNet18 4, VGG19_bn_stn 6" in caption and "resident memory" in caption and "Device: cpu" in caption
 

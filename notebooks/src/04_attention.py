@@ -41,6 +41,7 @@ from nexperia_utils.operating_points import BootstrapConfig, operating_point_tab
 from nexperia_utils.experiment import open_experiment, train_model
 from nexperia_utils.explain import localisation_scores
 from nexperia_utils.io import atomic_write_csv
+from nexperia_utils.pixel_reference import reference_note, with_pixel_reference
 from nexperia_utils.published import published_caption, published_table
 from nexperia_utils.reporting import (
     checkpoint_metrics, plot_roc, plot_training_curves, save_figure, side_by_side, write_table,
@@ -180,9 +181,13 @@ else:
 
 # %%
 if assemble_table2:
-    table = table2(all_results, overview, [r.model for r in runs])
+    # the trivial reference beside the models: logistic regression on the raw pixels of the same split
+    with_reference = with_pixel_reference(all_results, exp.part("train"), exp.part("val"), test,
+                                          exp.negative_index, P.image_size)
+    table = table2(with_reference, overview, [r.model for r in runs])
     n_defects = int(metrics.is_defect(test.labels, exp.negative_index).sum())
-    caption = table2_caption(P, overview, k, stn_transform, len(test), n_defects, exp.data_root.name)
+    caption = (f"{table2_caption(P, overview, k, stn_transform, len(test), n_defects, exp.data_root.name)} "
+               f"{reference_note(with_reference)}")
     write_table(table, exp.tables_dir(), "table2", caption)
     display(Markdown(caption))
     display(table)

@@ -53,6 +53,7 @@ from nexperia_utils.config import get_profile
 from nexperia_utils.experiment import open_experiment
 from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.operating_points import BootstrapConfig, operating_point_table, write_operating_points
+from nexperia_utils.pixel_reference import reference_note, with_pixel_reference
 from nexperia_utils.published import published_table
 from nexperia_utils.reporting import (
     plot_metric_per_epoch, plot_per_class_curves, plot_training_curves, save_figure, side_by_side, write_table,
@@ -114,8 +115,11 @@ if runs:
     k = top_k or P.top_k
     results = evaluate_study(exp, runs, top_k=k, device=device, progress=exp.progress)
     atomic_write_csv(exp.tables_dir() / "table4_checkpoints.csv", results)
-    table = table4(results)
     test = exp.part("test")
+    # the trivial reference beside the losses: logistic regression on the raw pixels of the same split
+    with_reference = with_pixel_reference(results, exp.part("train"), exp.part("val"), test, exp.negative_index,
+                                          P.image_size, label_column="loss_label")
+    table = table4(with_reference)
     n_defects = int(metrics.is_defect(test.labels, exp.negative_index).sum())
     caption = (
         f"Table 4 (reproduction, profile `{P.name}`): ResNet34 trained from scratch with each loss for {n_epochs} "
@@ -123,7 +127,8 @@ if runs:
         f"{k} checkpoints with the best validation AUC, centre crop, on the test part ({len(test)} images, "
         f"{n_defects} defects) of `{exp.data_root.name}`. WBCE's binary term is computed from the live logits "
         f"(the original code detached it, so its WBCE acted as a rescaled cross entropy). The report's single "
-        f"'SAT' column is shown beside our plain SAT; 'SAT bad 1' and 'SAT bad boost' are the two Nexperia variants."
+        f"'SAT' column is shown beside our plain SAT; 'SAT bad 1' and 'SAT bad boost' are the two Nexperia variants. "
+        f"{reference_note(with_reference)}"
     )
     write_table(table, exp.tables_dir(), "table4", caption)
     display(Markdown(caption))

@@ -37,7 +37,7 @@ from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.operating_points import (BootstrapConfig, operating_point_table, plot_operating_points,
                                              plot_review_band, review_band_curve, run_scores,
                                              write_operating_points)
-from nexperia_utils.pixel_reference import REFERENCE_NAME, pixel_reference_results
+from nexperia_utils.pixel_reference import reference_note, with_pixel_reference
 from nexperia_utils.published import published_table
 from nexperia_utils.reporting import (
     CROP_LABELS, plot_crop_bars, plot_metric_per_epoch, plot_roc, save_figure, side_by_side, summary_table, write_table,
@@ -71,8 +71,8 @@ n_defects = int(metrics.is_defect(test.labels, exp.negative_index).sum())
 # learned what matters.
 
 # %%
-reference = pixel_reference_results(exp.part("train"), exp.part("val"), test, exp.negative_index, P.image_size)
-with_reference = pd.concat([results, reference], ignore_index=True)
+with_reference = with_pixel_reference(results, exp.part("train"), exp.part("val"), test, exp.negative_index,
+                                      P.image_size)
 
 # %% [markdown]
 # ## Table 3
@@ -85,8 +85,7 @@ caption = (f"Table 3 (reproduction, profile `{P.name}`): ResNets {origin}, {P.ep
            f"evaluated on the test part ({len(test)} images, {n_defects} defects) of `{exp.data_root.name}`. "
            f"With n defects, TPR >= t needs ceil(t n) detected defects, so FPR levels whose ceil(t n) coincide "
            f"are equal (with fewer than 112 test defects, TPR >= 99.1 % already means all of them). "
-           f"{REFERENCE_NAME}: one fit on the raw pixels of the same crops (C={reference['checkpoint'].iloc[0][2:]} "
-           f"chosen on validation), a single evaluation.")
+           f"{reference_note(with_reference)}")
 write_table(table, exp.tables_dir(), "table3", caption)
 display(Markdown(caption))
 display(table)
