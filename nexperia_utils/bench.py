@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nexperia_utils.config import Profile, get_profile
-from nexperia_utils.evaluation import resolve_device
+from nexperia_utils.models import resolve_device
 from nexperia_utils.experiment import open_experiment
 from nexperia_utils.losses import build_loss
 from nexperia_utils.models import build_model

@@ -63,8 +63,10 @@ from torch.utils.data import DataLoader
 from nexperia_utils import explain, metrics
 from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.evaluation import (check_part_fits, checkpoint_fingerprint, predict_proba, prediction_file,
-                                       predictions_frame, read_prediction_cache, resolve_device)
+from nexperia_utils.checkpoints import prediction_file
+from nexperia_utils.evaluation import (check_part_fits, checkpoint_fingerprint, predict_proba, predictions_frame,
+                                       read_prediction_cache)
+from nexperia_utils.models import resolve_device
 from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.metrics import threshold_at_tpr  # re-exported: it lived here before it moved to metrics
 from nexperia_utils.transforms import denormalise, eval_transform, resize_size_for
@@ -163,7 +165,7 @@ def open_checkpoint(run_dir: Path, checkpoint: str | int = "best", device: str |
     ``split_hash`` (the experiment's) is compared with the run's: analysing a model on a split it
     was not trained on would put training images into the test part.
     """
-    from nexperia_utils.training import list_checkpoints, load_checkpoint
+    from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
 
     run_dir = Path(run_dir)
     entries = list_checkpoints(run_dir)
@@ -199,7 +201,7 @@ def checkpoint_predictions(analysis: CheckpointAnalysis, part: SplitData, crop: 
     same weights made it for exactly the part's images, otherwise predicts and writes it; a part the
     checkpoint does not fit is refused. Adds ``part`` and ``rank`` (1 = highest defect score).
     """
-    from nexperia_utils.training import load_checkpoint
+    from nexperia_utils.checkpoints import load_checkpoint
 
     epoch = analysis.epoch if epoch is None else int(epoch)
     if epoch == analysis.epoch:

@@ -20,19 +20,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from nexperia_utils import metrics
+from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint, prediction_file, read_checkpoint_meta
 from nexperia_utils.dataset import SplitData, encode_labels
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.io import atomic_write_csv
+from nexperia_utils.models import resolve_device
 from nexperia_utils.transforms import CROP_STYLES, eval_transform, resize_size_for
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` is CUDA when present, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @torch.inference_mode()
@@ -107,11 +102,6 @@ def checkpoint_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def prediction_file(run_dir: Path, part_name: str, crop: str, epoch: int) -> Path:
-    """The prediction cache of a kept checkpoint: ``run_dir/predictions/<part>-<crop>-epoch<NNN>.csv``."""
-    return Path(run_dir) / "predictions" / f"{part_name}-{crop}-epoch{int(epoch):03d}.csv"
-
-
 def read_prediction_cache(file: Path, part: SplitData, fingerprint: str) -> pd.DataFrame | None:
     """The cached predictions in ``file`` if they were made by these weights for exactly ``part``'s images.
 
@@ -183,7 +173,6 @@ def evaluate_run(
     the same images are read back instead of recomputed. A part the checkpoints do not fit (other
     classes, image size or split) raises an error (:func:`check_part_fits`).
     """
-    from nexperia_utils.training import list_checkpoints, load_checkpoint, read_checkpoint_meta  # training imports this module
 
     for crop in crops:
         if crop not in CROP_STYLES:

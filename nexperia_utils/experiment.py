@@ -150,7 +150,8 @@ def train_model(exp: Experiment, arch: str, loss: str = "ce", overwrite: bool = 
     a process (``python -m nexperia_utils.distributed`` under torchrun) it trains this rank's share.
     """
     from nexperia_utils.distributed import current_world, launch, worker_arguments
-    from nexperia_utils.training import TrainConfig, load_result, train
+    from nexperia_utils.training import TrainConfig, train
+    from nexperia_utils.checkpoints import load_result
 
     config = TrainConfig.from_profile(exp.profile, arch=arch, loss=loss, world_size=world_size, **overrides)
     name = run or run_name(arch, loss, config.train_crop, config.weights)

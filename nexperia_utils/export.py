@@ -42,7 +42,7 @@ def onnx_path_for(checkpoint: Path) -> Path:
 def export_onnx(checkpoint: Path, out: Path | None = None) -> Path:
     """Export a checkpoint's model to ONNX (float32, dynamic batch); returns the file written."""
     from nexperia_utils.io import atomic_write
-    from nexperia_utils.training import load_checkpoint
+    from nexperia_utils.checkpoints import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint, device="cpu")
     model = model.to(memory_format=torch.contiguous_format).float().eval()
@@ -82,7 +82,7 @@ def parity(checkpoint: Path, onnx_file: Path, part, crop: str = "center", batch_
     """Defect scores of ``part`` from PyTorch (float32) and onnxruntime: largest difference and images/s of each."""
     from nexperia_utils import metrics
     from nexperia_utils.evaluation import predict_proba
-    from nexperia_utils.training import load_checkpoint
+    from nexperia_utils.checkpoints import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint, device="cpu")
     size = int(meta["config"]["image_size"])
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from nexperia_utils.dataset import unlabelled_part
     from nexperia_utils.inspect import readable_images
-    from nexperia_utils.training import list_checkpoints, read_checkpoint_meta
+    from nexperia_utils.checkpoints import list_checkpoints, read_checkpoint_meta
 
     parser = argparse.ArgumentParser(prog="python -m nexperia_utils.export", description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="outputs/<profile>/runs/<run>")

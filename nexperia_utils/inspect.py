@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from nexperia_utils import metrics
+from nexperia_utils.checkpoints import checkpoint_dir, read_run_meta
 from nexperia_utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -97,13 +98,13 @@ def choose_operating_point(run_dir: Path, val_part, test_part=None, target_tpr: 
     from nexperia_utils.io import atomic_write_text
     from nexperia_utils import operating_points
     from nexperia_utils.operating_points import BootstrapConfig, bootstrap_intervals, rates_at_threshold
-    from nexperia_utils.training import read_checkpoint_meta
+    from nexperia_utils.checkpoints import read_checkpoint_meta
 
     _check_settings(target_tpr, review_band)
     run_dir = Path(run_dir)
 
     y_val, s_val, best = operating_points.run_scores(run_dir, val_part, crop, device)
-    path = run_dir / "checkpoints" / best["checkpoint"]
+    path = checkpoint_dir(run_dir) / best["checkpoint"]
     meta = read_checkpoint_meta(path)
     negative = meta["negative_class"]
     threshold = metrics.threshold_at_tpr(y_val, s_val, target_tpr)
@@ -196,11 +197,11 @@ def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: b
     """
     from nexperia_utils.dataset import unlabelled_part
     from nexperia_utils.evaluation import checkpoint_fingerprint, predict_proba
-    from nexperia_utils.training import load_checkpoint, read_checkpoint_meta
+    from nexperia_utils.checkpoints import load_checkpoint, read_checkpoint_meta
 
     folder = Path(folder)
     names, bad = readable_images(folder, skip_bad, progress)
-    path = Path(run_dir) / "checkpoints" / point.checkpoint
+    path = checkpoint_dir(run_dir) / point.checkpoint
     if not path.exists() or checkpoint_fingerprint(path) != point.fingerprint:
         raise ConfigError(f"{path} is not the checkpoint the operating point of {run_dir} was chosen with; "
                           f"delete {Path(run_dir) / OPERATING_POINT_FILE} to choose it again")
@@ -253,7 +254,7 @@ def _operating_point(args) -> OperatingPoint:
     from nexperia_utils.config import get_profile
     from nexperia_utils.evaluation import checkpoint_fingerprint
     from nexperia_utils.experiment import open_experiment
-    from nexperia_utils.training import list_checkpoints
+    from nexperia_utils.checkpoints import list_checkpoints
 
     entries = list_checkpoints(args.run)
     if not entries:
@@ -265,7 +266,7 @@ def _operating_point(args) -> OperatingPoint:
         return saved
     profile = args.profile or Path(args.run).resolve().parent.parent.name
     exp = open_experiment(get_profile(profile), args.data_root or None, progress=not args.no_progress)
-    size = int(json.loads((Path(args.run) / "config.json").read_text())["config"]["image_size"])
+    size = int(read_run_meta(Path(args.run))["config"]["image_size"])
     logger.info("choosing the threshold for TPR >= %g on the validation part of %s", args.target_tpr, exp.data_root)
     return choose_operating_point(args.run, exp.part("val", size), exp.part("test", size), args.target_tpr,
                                   args.review_band, args.crop, args.device)

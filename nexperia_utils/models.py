@@ -88,6 +88,13 @@ INPUT_NORMS: tuple[str, ...] = ("imagenet", "image")
 _NESTED_STATE_KEYS: tuple[str, ...] = ("model_state_dict", "state_dict", "model_state", "model")
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def canonical_arch(arch: str) -> str:
     """The canonical architecture name for ``arch`` (accepts display names, any case).
 

@@ -21,7 +21,6 @@ every image whose weight is <= the k-th lowest value (ties are flagged together)
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -37,6 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from nexperia_utils.checkpoints import read_run_meta, sat_snapshot_file
 from nexperia_utils.errors import DataError
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "plot_noisy_ranks",
     "plot_weight_distribution",
     "plot_weight_over_epochs",
-    "read_run_meta",
     "sat_epochs",
     "sat_label_mass_floor",
     "sat_start_epoch",
@@ -80,17 +79,9 @@ class SatSnapshot:
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
-def read_run_meta(run_dir: Path) -> dict:
-    """The run's ``config.json``: ``config`` (the TrainConfig), ``classes``, ``negative_class``, ``split_hash``."""
-    file = Path(run_dir) / "config.json"
-    if not file.exists():
-        raise DataError(f"{file} does not exist: {run_dir} is not a training run (train it with 05_sat.ipynb)")
-    return json.loads(file.read_text())
-
-
 def sat_epochs(run_dir: Path) -> list[int]:
     """The (1-based) epochs with a SAT snapshot under ``run_dir/sat``, ascending; empty if none."""
-    folder = Path(run_dir) / "sat"
+    folder = sat_snapshot_file(run_dir, 1).parent
     if not folder.is_dir():
         return []
     found = (_SNAPSHOT_RE.match(p.name) for p in folder.iterdir())
@@ -133,7 +124,7 @@ def load_sat_snapshot(run_dir: Path, epoch: int | None = None) -> SatSnapshot:
     epoch = epochs[-1] if epoch is None else int(epoch)
     if epoch not in epochs:
         raise DataError(f"{run_dir} has no SAT snapshot of epoch {epoch}; it has epochs {epochs}")
-    file = Path(run_dir) / "sat" / f"epoch_{epoch:03d}.npz"
+    file = sat_snapshot_file(run_dir, epoch)
     with np.load(file) as data:
         missing = [k for k in ("weights", "soft_targets") if k not in data.files]
         if missing:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from nexperia_utils import metrics
+from nexperia_utils.checkpoints import checkpoint_dir
 from nexperia_utils.errors import ConfigError
 
 __all__ = ["BootstrapConfig", "rates_at_threshold", "validation_operating_points", "bootstrap_intervals",
@@ -125,13 +126,14 @@ def run_scores(run_dir: Path, part, crop: str = "center", device: str = "auto") 
     The scores come from :func:`nexperia_utils.evaluation.evaluate_run` and its verified prediction
     cache, so nothing already predicted is predicted again.
     """
-    from nexperia_utils.evaluation import evaluate_run, prediction_file
-    from nexperia_utils.training import read_checkpoint_meta
+    from nexperia_utils.checkpoints import prediction_file
+    from nexperia_utils.evaluation import evaluate_run
+    from nexperia_utils.checkpoints import read_checkpoint_meta
 
     run_dir = Path(run_dir)
     row = evaluate_run(run_dir, part, crops=[crop], top_k=1, device=device, progress=False).iloc[0]
     frame = pd.read_csv(prediction_file(run_dir, part.name, crop, int(row["epoch"])), dtype={"image_id": str})
-    negative = read_checkpoint_meta(run_dir / "checkpoints" / row["checkpoint"])["negative_class"]
+    negative = read_checkpoint_meta(checkpoint_dir(run_dir) / row["checkpoint"])["negative_class"]
     return (frame["label"].astype(str) != negative).to_numpy(), frame["defect_score"].to_numpy(float), row
 
 

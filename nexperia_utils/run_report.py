@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from nexperia_utils import checkpoints as ckpt
 from nexperia_utils.config import PROFILES, PROJECT_ROOT, get_profile, workdir
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.io import atomic_write_text
@@ -109,12 +110,10 @@ def split_data_roots(splits_dir: Path) -> dict[str, str]:
 
 
 def _kept_epochs(run_dir: Path) -> list[int]:
-    index = run_dir / "checkpoints" / "index.csv"
-    if not index.is_file():
-        return []
+    """Epochs of the kept checkpoints; [] when the index is missing or unreadable (the report goes on)."""
     try:
-        return [int(e) for e in pd.read_csv(index)["epoch"]]
-    except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return [entry["epoch"] for entry in ckpt.list_checkpoints(run_dir)]
+    except (AttributeError, KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return []
 
 
@@ -129,11 +128,7 @@ def test_metrics(run_dir: Path, negative_class: str, crop: str = "center") -> di
     run_dir = Path(run_dir)
     kept = set(_kept_epochs(run_dir))
     aucs, fprs = [], []
-    for file in sorted((run_dir / "predictions").glob(f"test-{crop}-epoch*.csv")):
-        try:
-            epoch = int(file.stem.rsplit("epoch", 1)[1])
-        except ValueError:
-            continue
+    for epoch, file in ckpt.prediction_files(run_dir, "test", crop).items():
         if kept and epoch not in kept:
             continue
         try:
@@ -152,13 +147,13 @@ def test_metrics(run_dir: Path, negative_class: str, crop: str = "center") -> di
 def run_row(run_dir: Path, profile: str, data_roots: dict[str, str]) -> dict:
     """The runs-index row of one run folder (fields it cannot read stay empty)."""
     run_dir = Path(run_dir)
-    meta = _read_json(run_dir / "config.json") or {}
+    meta = _read_json(ckpt.config_file(run_dir)) or {}
     config = meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}
-    done = _read_json(run_dir / "done.json")
+    done = _read_json(ckpt.done_file(run_dir))
     history = None
-    if (run_dir / "history.csv").is_file():
+    if ckpt.history_file(run_dir).is_file():
         try:
-            history = pd.read_csv(run_dir / "history.csv")
+            history = pd.read_csv(ckpt.history_file(run_dir))
         except (pd.errors.ParserError, pd.errors.EmptyDataError):
             history = None
     epochs_done = len(history) if history is not None else 0

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from nexperia_utils.checkpoints import history_file, is_finished
 from nexperia_utils.config import Profile
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.losses import (
@@ -239,7 +240,7 @@ def finished_study_runs(exp, losses: Sequence[str] = STUDY_LOSSES, sampler: str 
     runs = {}
     for loss in losses:
         run_dir = exp.run_dir(study_run_name(loss, sampler, suffix))
-        if (run_dir / "done.json").exists():
+        if is_finished(run_dir):
             runs[loss] = run_dir
         else:
             log.info("no finished run for %s in %s", loss, run_dir)
@@ -248,7 +249,7 @@ def finished_study_runs(exp, losses: Sequence[str] = STUDY_LOSSES, sampler: str 
 
 def load_history(run_dir: Path) -> pd.DataFrame:
     """The per-epoch history of a run (``history.csv``)."""
-    file = Path(run_dir) / "history.csv"
+    file = history_file(run_dir)
     if not file.exists():
         raise DataError(f"{file} does not exist: train the run first (notebooks/05_sat.ipynb)")
     return pd.read_csv(file)

@@ -35,7 +35,8 @@ from nexperia_utils import dataset, kaggle
 from nexperia_utils.config import Profile, resolve_path, workdir
 from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.evaluation import predict_proba, resolve_device
+from nexperia_utils.evaluation import predict_proba
+from nexperia_utils.models import resolve_device
 from nexperia_utils.transforms import CROP_STYLES
 
 logger = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def parse_ensemble(ensemble: str | int) -> int | None:
 
 def select_checkpoints(run_dir: Path, ensemble: str | int = "top-k") -> list[dict]:
     """The checkpoints of ``run_dir`` to predict with, best validation AUC first."""
-    from nexperia_utils.training import list_checkpoints
+    from nexperia_utils.checkpoints import list_checkpoints
 
     n = parse_ensemble(ensemble)
     entries = list_checkpoints(run_dir)
@@ -268,7 +269,7 @@ def predict_test(
     Every checkpoint's class set is checked (:func:`check_class_set`) before any prediction;
     images are decoded once per image size (cached under ``cache_dir`` when given).
     """
-    from nexperia_utils.training import load_checkpoint
+    from nexperia_utils.checkpoints import load_checkpoint
 
     if crop not in CROP_STYLES:
         raise ConfigError(f"unknown crop style {crop!r}; choose from {list(CROP_STYLES)}")

@@ -1,18 +1,8 @@
 """The training loop: plain and explicit, in the style of torchvision's reference scripts.
 
-One call of :func:`train` trains one model on the training part of a split and writes, under its
-run folder::
-
-    config.json                 the TrainConfig, the split's hash, the class list
-    history.csv                 one row per epoch: train/val loss, accuracies, AUC, FPRs, per class
-    checkpoints/epoch_NNN.pt    the ``top_k`` checkpoints with the best validation AUC
-    checkpoints/last.pt         the latest state (model, optimiser, scheduler, loss, RNG states), while training
-    checkpoints/final.pt        once finished: the last epoch's model and loss state, without the optimiser
-                                (``last.pt`` is then removed: it is three times the model's size with AdamW
-                                and a finished run is never resumed)
-    checkpoints/index.csv       epoch and validation AUC of the kept checkpoints, best first
-    sat/epoch_NNN.npz           per-sample SAT weights and soft targets (SAT losses only)
-    done.json                   written last: training time, peak memory, device
+One call of :func:`train` trains one model on the training part of a split and writes its run
+folder (``config.json``, ``history.csv``, the top-k checkpoints, ``done.json``; the layout and every
+file name are in :mod:`nexperia_utils.checkpoints`).
 
 An interrupted run resumes from ``last.pt`` and ends with the same weights as an uninterrupted one
 (the data order, augmentation and loss state are all restored). A finished run is not retrained
@@ -22,11 +12,9 @@ unless ``overwrite=True``. Checkpoints hold only tensors and plain values, so th
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import resource
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +30,15 @@ from nexperia_utils import metrics
 from nexperia_utils.config import Profile
 from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError
-from nexperia_utils.evaluation import predict_proba, resolve_device
-from nexperia_utils.io import atomic_write, atomic_write_csv, atomic_write_text
+from nexperia_utils import checkpoints as ckpt
+from nexperia_utils.checkpoints import TrainResult
+from nexperia_utils.distributed import (
+    RankBatchShard, World, all_reduce_sum, barrier, broadcast_from_main, current_world,
+)
+from nexperia_utils.evaluation import predict_proba
+from nexperia_utils.losses import build_loss
+from nexperia_utils.models import DISPLAY_NAMES, build_model, resolve_device
+from nexperia_utils.io import atomic_write, atomic_write_csv
 from nexperia_utils.transforms import AUGMENTATIONS, CROP_STYLES, train_crop_transform
 
 logger = logging.getLogger(__name__)
@@ -148,99 +143,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    history: pd.DataFrame
-    best_epoch: int
-    best_val_auc: float
-    train_time_s: float
-    peak_memory_mb: float
-    device: str
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoint_meta(config: TrainConfig, classes: Sequence[str], negative_class: str, split_hash: str) -> dict:
-    from nexperia_utils.models import DISPLAY_NAMES
-
-    return {
-        "config": config.to_dict(),
-        "classes": list(classes),
-        "negative_class": negative_class,
-        "split_hash": split_hash,
-        "display_name": DISPLAY_NAMES.get(config.arch, config.arch),
-    }
-
-
-def _save(path: Path, payload: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model of a checkpoint and load its weights (``weights_only=True``)."""
-    from nexperia_utils.models import build_model
-
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    config = payload["config"]
-    model = build_model(config["arch"], len(payload["classes"]), weights="none",
-                        stn_transform=config.get("stn_transform", "affine"),
-                        input_norm=config.get("input_norm", "imagenet"))
-    model.load_state_dict(payload["model"])
-    model.to(resolve_device(device)).eval()
-    if config.get("amp", False):
-        model.to(memory_format=torch.channels_last)
-    meta = {k: v for k, v in payload.items() if k not in ("model", "optimizer", "scheduler", "loss", "rng")}
-    return model, meta
-
-
-def read_checkpoint_meta(path: Path) -> dict:
-    """Class list, configuration and split hash of a checkpoint, without building the model.
-
-    The kept checkpoints store the same metadata as the run's ``config.json``, which is read instead
-    of the (large) weights file when it is there.
-    """
-    config_file = Path(path).parent.parent / "config.json"
-    if config_file.exists():
-        return json.loads(config_file.read_text())
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return {k: v for k, v in payload.items() if k not in ("model", "optimizer", "scheduler", "loss", "rng")}
-
-
-def list_checkpoints(run_dir: Path) -> list[dict]:
-    """The kept top-k checkpoints, best validation AUC first: dicts with epoch, val_auc, path."""
-    index = Path(run_dir) / "checkpoints" / "index.csv"
-    if not index.exists():
-        return []
-    frame = pd.read_csv(index)
-    return [
-        {"epoch": int(r.epoch), "val_auc": float(r.val_auc), "path": Path(run_dir) / "checkpoints" / r.file}
-        for r in frame.itertuples()
-    ]
-
-
-def _update_top_k(run_dir: Path, epoch: int, val_auc: float, top_k: int, payload: dict) -> None:
-    ckpt_dir = run_dir / "checkpoints"
-    entries = [{"epoch": e["epoch"], "val_auc": e["val_auc"], "file": e["path"].name} for e in list_checkpoints(run_dir)]
-    entries = [e for e in entries if e["epoch"] != epoch]
-    candidate = {"epoch": epoch, "val_auc": val_auc, "file": f"epoch_{epoch:03d}.pt"}
-    ranked = sorted(entries + [candidate], key=lambda e: (-_nan_low(e["val_auc"]), e["epoch"]))
-    keep, drop = ranked[:top_k], ranked[top_k:]
-    if candidate in keep:
-        _save(ckpt_dir / candidate["file"], payload)
-    atomic_write_csv(ckpt_dir / "index.csv", pd.DataFrame(keep, columns=["epoch", "val_auc", "file"]))
-    for entry in drop:
-        (ckpt_dir / entry["file"]).unlink(missing_ok=True)
-
-
-def _nan_low(value: float) -> float:
-    return -math.inf if value is None or math.isnan(value) else value
-
-
-# --------------------------------------------------------------------------- the loop
 
 
 def _parameter_groups(model: torch.nn.Module, config: TrainConfig) -> Any:
@@ -356,14 +258,12 @@ def _set_rng_state(state: dict, generator: torch.Generator, worker_generator: to
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _open_run_dir(run_dir: Path, meta: dict, overwrite: bool, world: Any) -> str:
-    """:func:`_prepare_run_dir` on rank 0; its answer (or its error) on every rank."""
-    from nexperia_utils.distributed import broadcast_from_main
-
+def _open_run_dir(run_dir: Path, meta: dict, overwrite: bool, world: World) -> str:
+    """:func:`nexperia_utils.checkpoints.prepare_run_dir` on rank 0; its answer (or its error) on every rank."""
     answer: tuple[str, str] = ("ok", "")
     if world.is_main:
         try:
-            answer = ("ok", _prepare_run_dir(run_dir, meta, overwrite))
+            answer = ("ok", ckpt.prepare_run_dir(run_dir, meta, overwrite))
         except Exception as error:  # every rank must hear of it, or the others wait forever
             if not world.distributed:
                 raise
@@ -376,7 +276,7 @@ def _open_run_dir(run_dir: Path, meta: dict, overwrite: bool, world: Any) -> str
     return text
 
 
-def _gather_rng(world: Any, generator: torch.Generator, worker_generator: torch.Generator | None) -> list | None:
+def _gather_rng(world: World, generator: torch.Generator, worker_generator: torch.Generator | None) -> list | None:
     """Every rank's random-number state (saved in ``last.pt`` so each rank resumes its own streams)."""
     if not world.distributed:
         return None
@@ -391,59 +291,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-#: Settings that do not change the weights a run produces: a run may resume or be reused with other
-#: values (on another device, with another evaluation batch size). The loader's ``num_workers`` is not
-#: among them: the augmentation draws its random numbers in the worker processes, so another number
-#: of workers gives other augmented images.
-RESULT_NEUTRAL = ("device", "eval_batch_size")
-
-
-def _run_identity(meta: dict) -> dict:
-    identity = json.loads(json.dumps(meta))
-    for key in RESULT_NEUTRAL:
-        identity.get("config", {}).pop(key, None)
-    identity.get("config", {}).setdefault("world_size", 1)  # runs saved before distributed training existed
-    return identity
-
-
-def _prepare_run_dir(run_dir: Path, meta: dict, overwrite: bool) -> str:
-    """'done', 'resume' or 'new'; refuses to mix runs of different configurations.
-
-    Settings in :data:`RESULT_NEUTRAL` are not compared; ``config.json`` keeps the values the run
-    started with.
-    """
-    config_file = run_dir / "config.json"
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if config_file.exists():
-        saved = json.loads(config_file.read_text())
-        if _run_identity(saved) != _run_identity(meta):
-            changed = sorted(key for key in set(saved.get("config", {})) | set(meta["config"])
-                             if saved.get("config", {}).get(key) != meta["config"].get(key)
-                             and key not in RESULT_NEUTRAL)
-            changed += [key for key in ("classes", "negative_class", "split_hash") if saved.get(key) != meta.get(key)]
-            raise ConfigError(
-                f"{run_dir} holds a run with a different configuration or split (differs in: "
-                f"{', '.join(changed) or 'metadata'}); pass overwrite=True to retrain it, or choose another run name"
-            )
-        if (run_dir / "done.json").exists():
-            return "done"
-        if (run_dir / "checkpoints" / "last.pt").exists():
-            return "resume"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_file, json.dumps(meta, indent=2))
-    return "new"
-
-
-def load_result(run_dir: Path) -> TrainResult:
-    """The result of a finished run, read from its files."""
-    run_dir = Path(run_dir)
-    done = json.loads((run_dir / "done.json").read_text())
-    history = pd.read_csv(run_dir / "history.csv")
-    return TrainResult(run_dir, history, done["best_epoch"], done["best_val_auc"], done["train_time_s"],
-                       done["peak_memory_mb"], done["device"])
 
 
 def train(
@@ -465,10 +312,6 @@ def train(
     next call resumes). With ``config.eval_test_each_epoch`` the test part is also scored every epoch
     (Figures 6 and 9 plot it); the test part is never used to choose checkpoints.
     """
-    from nexperia_utils.distributed import RankBatchShard, all_reduce_sum, barrier, current_world
-    from nexperia_utils.losses import build_loss
-    from nexperia_utils.models import build_model
-
     config.validate()
     world = current_world()
     if config.world_size != world.size:
@@ -478,11 +321,11 @@ def train(
     progress = progress and world.is_main
     run_dir = Path(run_dir)
     negative_index = list(classes).index(negative_class)
-    meta = _checkpoint_meta(config, classes, negative_class, split_hash)
+    meta = ckpt.run_meta(config.to_dict(), classes, negative_class, split_hash, DISPLAY_NAMES.get(config.arch, config.arch))
     state = _open_run_dir(run_dir, meta, overwrite, world)
     if state == "done":
         logger.info("%s is already trained; pass overwrite=True to retrain", run_dir)
-        return load_result(run_dir)
+        return ckpt.load_result(run_dir)
 
     device = resolve_device(config.device)
     if device.type == "cuda" and world.distributed:
@@ -524,15 +367,18 @@ def train(
     history: list[dict] = []
     start_epoch, elapsed = 0, 0.0
     if state == "resume":
-        payload = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+        payload = torch.load(ckpt.last_checkpoint(run_dir), map_location="cpu", weights_only=True)
+        if payload.get("epoch_base") != 1:
+            raise ConfigError(f"{ckpt.last_checkpoint(run_dir)} was written by an older version that counted epochs "
+                              f"from 0; retrain the run with overwrite=True")
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         loss_fn.load_state_dict(payload["loss"])
         rng = payload["rng_ranks"][world.rank] if world.distributed else payload["rng"]
         _set_rng_state(rng, generator, worker_generator)
-        start_epoch, elapsed = payload["epoch"] + 1, payload["elapsed_s"]
-        history = pd.read_csv(run_dir / "history.csv").iloc[:start_epoch].to_dict("records")
+        start_epoch, elapsed = payload["epoch"], payload["elapsed_s"]
+        history = pd.read_csv(ckpt.history_file(run_dir)).iloc[:start_epoch].to_dict("records")
         logger.info("resuming %s at epoch %d", run_dir.name, start_epoch)
     trained = model
     if world.distributed:
@@ -583,13 +429,13 @@ def train(
 
         snapshot = loss_fn.epoch_snapshot()
         if snapshot is not None:
-            atomic_write(run_dir / "sat" / f"epoch_{epoch + 1:03d}.npz",
+            atomic_write(ckpt.sat_snapshot_file(run_dir, epoch + 1),
                          lambda tmp: np.savez_compressed(tmp, **snapshot))
-        weights = {"model": model.state_dict(), "epoch": epoch, "val_auc": row["val_auc"], **meta}
-        _update_top_k(run_dir, epoch + 1, row["val_auc"], config.top_k, weights)
-        atomic_write_csv(run_dir / "history.csv", pd.DataFrame(history))
+        weights = {"model": model.state_dict(), "epoch": epoch + 1, "epoch_base": 1, "val_auc": row["val_auc"], **meta}
+        ckpt.update_top_k(run_dir, epoch + 1, row["val_auc"], config.top_k, weights)
+        atomic_write_csv(ckpt.history_file(run_dir), pd.DataFrame(history))
         rng_ranks = _gather_rng(world, generator, worker_generator)  # after validation: its loader draws a seed
-        _save(run_dir / "checkpoints" / "last.pt", {
+        ckpt.save_checkpoint(ckpt.last_checkpoint(run_dir), {
             **weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "loss": loss_fn.state_dict(), "rng": _rng_state(generator), "elapsed_s": elapsed,
             **({"rng_ranks": rng_ranks} if world.distributed else {}),
@@ -601,20 +447,18 @@ def train(
 
     if not world.is_main:
         barrier()  # rank 0 writes final.pt and done.json
-        history = pd.read_csv(run_dir / "history.csv").to_dict("records")
-        best = list_checkpoints(run_dir)[0]
+        history = pd.read_csv(ckpt.history_file(run_dir)).to_dict("records")
+        best = ckpt.list_checkpoints(run_dir)[0]
         return TrainResult(run_dir, pd.DataFrame(history), best["epoch"], best["val_auc"], elapsed,
                            _peak_memory_mb(device), str(device))
     frame = pd.DataFrame(history)
-    best = list_checkpoints(run_dir)[0]
+    best = ckpt.list_checkpoints(run_dir)[0]
     result = TrainResult(run_dir, frame, best["epoch"], best["val_auc"], elapsed, _peak_memory_mb(device), str(device))
     if len(history) >= config.epochs:
-        done = {"best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc, "train_time_s": elapsed,
-                "peak_memory_mb": result.peak_memory_mb, "device": str(device), "epochs": len(history)}
-        final = {"model": model.state_dict(), "loss": loss_fn.state_dict(), "epoch": len(history) - 1,
+        final = {"model": model.state_dict(), "loss": loss_fn.state_dict(), "epoch": len(history), "epoch_base": 1,
                  "val_auc": float(frame["val_auc"].iloc[-1]), **meta}
-        _save(run_dir / "checkpoints" / "final.pt", final)
-        atomic_write_text(run_dir / "done.json", json.dumps(done, indent=2))
-        (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
+        ckpt.save_checkpoint(ckpt.final_checkpoint(run_dir), final)
+        ckpt.write_done(run_dir, result)
+        ckpt.last_checkpoint(run_dir).unlink(missing_ok=True)
     barrier()
     return result

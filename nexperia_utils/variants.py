@@ -30,10 +30,11 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from nexperia_utils import checkpoints as ckpt
 from nexperia_utils.config import Profile
 from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.evaluation import resolve_device
+from nexperia_utils.models import resolve_device
 from nexperia_utils.experiment import run_name
 from nexperia_utils.explain import map_box_to_input
 from nexperia_utils.models import DISPLAY_NAMES
@@ -168,7 +169,7 @@ def require_finished_runs(runs_dir: Path, runs: Sequence[VariantRun], profile_na
     Raises:
         FileNotFoundError: a run has no ``done.json`` (never trained, or interrupted).
     """
-    missing = [r for r in runs if not (Path(runs_dir) / r.run / "done.json").exists()]
+    missing = [r for r in runs if not ckpt.is_finished(Path(runs_dir) / r.run)]
     if missing:
         lines = "\n".join(f"  - {r.model}: {Path(runs_dir) / r.run} -> `{r.make_target} PROFILE={profile_name}`"
                           for r in missing)
@@ -189,7 +190,7 @@ def run_overview(run_dirs: Mapping[str, Path]) -> pd.DataFrame:
     rows = []
     for model, run_dir in run_dirs.items():
         run_dir = Path(run_dir)
-        done_file, config_file = run_dir / "done.json", run_dir / "config.json"
+        done_file, config_file = ckpt.done_file(run_dir), ckpt.config_file(run_dir)
         for file in (done_file, config_file):
             if not file.exists():
                 raise FileNotFoundError(f"{file} is missing: {run_dir.name} has not finished training.")

@@ -351,7 +351,7 @@ def test_open_checkpoint_and_cached_predictions(tiny_run) -> None:
 
 def test_relabel_results_table5(tiny_run) -> None:
     from nexperia_utils.reporting import summary_table
-    from nexperia_utils.training import load_checkpoint
+    from nexperia_utils.checkpoints import load_checkpoint
 
     run_dir, (_, _, test) = tiny_run
     analysis = ea.open_checkpoint(run_dir, "best")

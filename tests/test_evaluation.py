@@ -10,9 +10,11 @@ import pytest
 
 from nexperia_utils import metrics
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.evaluation import evaluate_run, prediction_file
+from nexperia_utils.checkpoints import prediction_file
+from nexperia_utils.evaluation import evaluate_run
 from nexperia_utils.operating_points import BootstrapConfig, run_operating_points
-from nexperia_utils.training import TrainConfig, list_checkpoints, train
+from nexperia_utils.training import TrainConfig, train
+from nexperia_utils.checkpoints import list_checkpoints
 
 from conftest import CLASSES, make_part, tiny_train_config
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from nexperia_utils import inspect as inspector
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.evaluation import evaluate_run, prediction_file
+from nexperia_utils.checkpoints import prediction_file
+from nexperia_utils.evaluation import evaluate_run
 from nexperia_utils.training import TrainConfig, train
 
 from conftest import CLASSES, make_part

@@ -15,7 +15,8 @@ from nexperia_utils.config import get_profile
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.evaluation import predict_proba
 from nexperia_utils.models import build_model
-from nexperia_utils.training import TrainConfig, load_checkpoint
+from nexperia_utils.training import TrainConfig
+from nexperia_utils.checkpoints import load_checkpoint
 
 STAGE1 = ["bad_1", "good_0"]  # sorted, as the training code stores them: index 1 is *good*
 

@@ -11,7 +11,8 @@ import torch
 from nexperia_utils.config import get_profile
 from nexperia_utils.errors import ConfigError
 from nexperia_utils.evaluation import evaluate_run
-from nexperia_utils.training import TrainConfig, list_checkpoints, load_checkpoint, train
+from nexperia_utils.training import TrainConfig, train
+from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
 
 from conftest import CLASSES, make_part, tiny_train_config
 
@@ -70,7 +71,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, parts, 
     # once finished, the resume state (3x the model with AdamW) gives way to the final weights
     assert not (tmp_path / "resumed" / "checkpoints" / "last.pt").exists()
     model, meta = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "final.pt")
-    assert meta["epoch"] == config.epochs - 1
+    assert meta["epoch"] == config.epochs  # epochs count from 1 in payloads as in history.csv and file names
+    kept = list_checkpoints(tmp_path / "resumed")
+    for entry in kept:
+        assert torch.load(entry["path"], weights_only=True)["epoch"] == entry["epoch"]
+        assert entry["path"].name == f"epoch_{entry['epoch']:03d}.pt"
     a = torch.load(tmp_path / "straight" / "checkpoints" / "final.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "final.pt", weights_only=True)
     for key in a["model"]:
@@ -80,6 +85,19 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, parts, 
     ha = pd.read_csv(tmp_path / "straight" / "history.csv").drop(columns="time_s")
     hb = pd.read_csv(tmp_path / "resumed" / "history.csv").drop(columns="time_s")
     pd.testing.assert_frame_equal(ha, hb)
+
+
+def test_a_resume_state_that_counts_epochs_from_0_is_refused(tmp_path, parts):
+    config = _config()
+    _run(tmp_path, parts, "old", config, stop_after=1)
+    last = tmp_path / "old" / "checkpoints" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    assert payload["epoch"] == 1 and payload["epoch_base"] == 1
+    payload.pop("epoch_base")
+    payload["epoch"] = 0  # what versions before the one-numbering change wrote after the first epoch
+    torch.save(payload, last)
+    with pytest.raises(ConfigError, match="counted epochs from 0"):
+        _run(tmp_path, parts, "old", config)
 
 
 def test_quick_recipe_resumes_identically_and_balances_batches(tmp_path, parts):

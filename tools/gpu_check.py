@@ -41,7 +41,8 @@ import torch  # noqa: E402
 from nexperia_utils import metrics, synthetic  # noqa: E402
 from nexperia_utils.bench import run_benchmark  # noqa: E402
 from nexperia_utils.config import get_profile, workdir  # noqa: E402
-from nexperia_utils.evaluation import evaluate_run, resolve_device  # noqa: E402
+from nexperia_utils.evaluation import evaluate_run  # noqa: E402
+from nexperia_utils.models import resolve_device  # noqa: E402
 from nexperia_utils.experiment import open_experiment, train_model  # noqa: E402
 from nexperia_utils.io import atomic_write_text  # noqa: E402
 

@@ -33,7 +33,7 @@ from nexperia_utils.config import get_profile
 from nexperia_utils.evaluation import evaluate_run, predict_proba
 from nexperia_utils.experiment import open_experiment, train_model
 from nexperia_utils.reporting import checkpoint_metrics, plot_roc, plot_training_curves, save_figure
-from nexperia_utils.training import list_checkpoints, load_checkpoint
+from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 P = get_profile(profile, image_size=image_size)

@@ -42,7 +42,7 @@ from nexperia_utils.evaluation import evaluate_run
 from nexperia_utils.experiment import open_experiment, train_model
 from nexperia_utils.models import DISPLAY_NAMES
 from nexperia_utils.reporting import checkpoint_metrics, plot_training_curves, save_figure
-from nexperia_utils.training import list_checkpoints, load_checkpoint
+from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
 from nexperia_utils.variant_plots import plot_stn_examples, plot_theta_distribution
 from nexperia_utils.variants import (
     eval_inputs, example_indices, run_overview, stn_health, stn_run_name, stn_thetas, stn_training_settings,

@@ -36,7 +36,8 @@ from IPython.display import Markdown, display
 from nexperia_utils import metrics
 from nexperia_utils.attention import ResNetAtt2
 from nexperia_utils.config import get_profile
-from nexperia_utils.evaluation import evaluate_run, prediction_file
+from nexperia_utils.checkpoints import prediction_file
+from nexperia_utils.evaluation import evaluate_run
 from nexperia_utils.operating_points import BootstrapConfig, operating_point_table, write_operating_points
 from nexperia_utils.experiment import open_experiment, train_model
 from nexperia_utils.explain import localisation_scores
@@ -46,7 +47,7 @@ from nexperia_utils.published import published_caption, published_table
 from nexperia_utils.reporting import (
     checkpoint_metrics, plot_roc, plot_training_curves, save_figure, side_by_side, write_table,
 )
-from nexperia_utils.training import list_checkpoints, load_checkpoint
+from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
 from nexperia_utils.transforms import denormalise, resize_size_for
 from nexperia_utils.variant_plots import plot_attention_maps
 from nexperia_utils.variants import (

@@ -30,7 +30,8 @@ from IPython.display import Markdown, display
 
 from nexperia_utils import metrics
 from nexperia_utils.config import get_profile
-from nexperia_utils.evaluation import evaluate_run, prediction_file
+from nexperia_utils.checkpoints import prediction_file
+from nexperia_utils.evaluation import evaluate_run
 from nexperia_utils.experiment import open_experiment, run_name, train_model
 from nexperia_utils.models import DISPLAY_NAMES
 from nexperia_utils.io import atomic_write_csv

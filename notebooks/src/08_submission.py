@@ -49,7 +49,7 @@ from nexperia_utils.config import get_profile
 from nexperia_utils.evaluation import evaluate_run
 from nexperia_utils.experiment import cache_dir, open_experiment, run_name, train_model
 from nexperia_utils.reporting import plot_roc, plot_training_curves, save_figure
-from nexperia_utils.training import load_result
+from nexperia_utils.checkpoints import load_result
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 P = get_profile(profile, image_size=image_size)
