@@ -122,8 +122,8 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick", data_scale=0.1, data_dir="data/synthetic", image_size=64, epochs=12,
         batch_size=32, optimizer="adamw", lr=0.003, momentum=0.9, weight_decay=0.05, scheduler="onecycle",
-        step_size=14, gamma=0.1, weights="none", top_k=3, eval_batch_size=128, num_workers=1, sat_es=4,
-        stn_epochs=12, sat_epochs=8, sat_lr=0.001, augmentation="flip", input_norm="image", sampler="binary",
+        step_size=14, gamma=0.1, weights="none", top_k=3, eval_batch_size=128, num_workers=1, sat_es=7,
+        stn_epochs=12, sat_epochs=16, sat_lr=0.001, augmentation="flip", input_norm="image", sampler="binary",
     ),
     "full": Profile(
         name="full", data_scale=1.0, data_dir="data/synthetic-full", image_size=224, epochs=50,
