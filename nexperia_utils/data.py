@@ -10,7 +10,7 @@ The class list is always derived from the data (sorted, as an image-folder loade
 the negative ("good") class is looked up by name, never by position.
 
 Bad input is refused with a :class:`~nexperia_utils.errors.DataError` whose message names every
-offending file or folder (the first :data:`MAX_LISTED` of each kind plus a count) and says how to
+offending file or folder (the first :data:`nexperia_utils.errors.MAX_LISTED` of each kind plus a count) and says how to
 fix it. Nothing is dropped silently: with ``skip_bad=True`` unreadable files are left out, but a
 warning lists them.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from nexperia_utils.errors import ConfigError, DataError
+from nexperia_utils.errors import ConfigError, DataError, format_listing
 
 logger = logging.getLogger(__name__)
 
@@ -36,23 +36,12 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 COLUMNS: tuple[str, ...] = ("image_id", "path", "label")
 """Columns of every frame returned by the readers."""
 
-MAX_LISTED = 20
-"""How many offending items an error message lists before summarising the rest as a count."""
-
 DEFAULT_NEGATIVE_CLASS = "good"
 
 
 # --------------------------------------------------------------------------------------------
 # Error formatting
 # --------------------------------------------------------------------------------------------
-def format_listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
-    """Indented list of the first ``limit`` items plus a line counting the rest."""
-    lines = [f"    {item}" for item in items[:limit]]
-    if len(items) > limit:
-        lines.append(f"    ... and {len(items) - limit} more")
-    return "\n".join(lines)
-
-
 def _problem_report(source: str, problems: list[tuple[str, Sequence[str]]]) -> str:
     """One message describing every kind of problem found in ``source``.
 

@@ -1,5 +1,9 @@
 """Grad-CAM heatmaps (pytorch-grad-cam) and a localisation score against defect boxes.
 
+:func:`compute_gallery_heatmaps` computes the heatmaps of chosen images of a part for a checkpoint
+(:class:`Heatmaps`); :func:`localisation_table` scores them against the boxes per class (pointing game,
+mass in the box, chance).
+
 The heatmaps explain the *defect score* (``1 - p(good)``, the sum of the defect-class softmax
 probabilities; :class:`DefectScoreTarget`), the quantity the ROC analysis ranks images by.
 
@@ -25,17 +29,25 @@ zeros. Use 64 px or more (the full profile uses 224).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import nn
 
+from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.models import backbone_module, backbone_name, canonical_arch
+from nexperia_utils.models import backbone_module, backbone_name, canonical_arch, resolve_device
 from nexperia_utils.stn import warp
+from nexperia_utils.transforms import denormalise, eval_transform, resize_size_for
+
+if TYPE_CHECKING:  # the analysis imports this module
+    from nexperia_utils.error_analysis import CheckpointAnalysis
 
 logger = logging.getLogger(__name__)
 
@@ -332,3 +344,89 @@ def localisation_scores(heatmaps: np.ndarray, boxes: Sequence[Sequence[float] | 
         "n": n,
         "n_skipped_empty_box": empty,
     }
+
+
+# --------------------------------------------------------------------------- heatmaps of a checkpoint
+@dataclass
+class Heatmaps:
+    """Grad-CAM heatmaps of some images of a part, at the size they were computed."""
+
+    indices: np.ndarray
+    images: np.ndarray  # (n, H, W) grey in [0, 1]
+    maps: np.ndarray  # (n, H, W) in [0, 1]
+    image_size: int
+    method: str
+
+    def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        position = int(np.flatnonzero(self.indices == index)[0])
+        return self.images[position], self.maps[position]
+
+    def __contains__(self, index: int) -> bool:
+        return bool((self.indices == index).any())
+
+
+def compute_gallery_heatmaps(analysis: CheckpointAnalysis, part: SplitData, indices: Iterable[int],
+                             image_size: int, method: str = "gradcam", device: str | torch.device = "cpu",
+                             batch_size: int = 16) -> Heatmaps:
+    """Grad-CAM heatmaps (:func:`nexperia_utils.compute_heatmaps`) of the defect score for the
+    images ``indices`` of ``part``, on their centre crops of ``image_size`` (``part`` decoded for that
+    size: ``exp.part(name, image_size)``)."""
+    indices = np.array(sorted(set(int(i) for i in indices)), dtype=int)
+    if part.images.shape[1] != resize_size_for(image_size):
+        raise ConfigError(f"the {part.name} part is decoded at {part.images.shape[1]} px, not for {image_size} px crops "
+                          f"({resize_size_for(image_size)} px); pass exp.part({part.name!r}, {image_size})")
+    if len(indices) == 0:
+        empty = np.zeros((0, image_size, image_size), dtype=np.float32)
+        return Heatmaps(indices, empty, empty.copy(), image_size, method)
+    dataset = part.dataset(eval_transform(image_size, "center"))
+    batch = torch.stack([dataset[int(i)][0] for i in indices])
+    maps = compute_heatmaps(analysis.model, batch, analysis.arch, analysis.negative_index,
+                                    method=method, batch_size=batch_size, device=resolve_device(device))
+    return Heatmaps(indices, denormalise(batch), maps, image_size, method)
+
+
+def localisation_table(heatmaps: Heatmaps, boxes: Sequence[tuple | None], groups: Sequence[str],
+                       scores: Sequence[float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pointing game and heatmap mass in the box over the images of ``heatmaps`` that have a box.
+
+    Args:
+        heatmaps: heatmaps of some images of a part (``heatmaps.indices`` index the part).
+        boxes: the part's boxes in the heatmaps' pixels (by position), None where there is none.
+        groups: the part's class per image (annotated true class, or the label).
+        scores: the part's defect scores (for the per-image table).
+
+    Returns:
+        ``(summary, per_image)``: ``summary`` has one row per class and ``all``: ``n``,
+        ``pointing_game``, ``mass_in_box`` (:func:`nexperia_utils.localisation_scores`) and
+        ``chance`` (the mean share of the image the boxes cover: what a uniform heatmap scores on
+        both measures) and ``constant_maps`` (heatmaps without localisation, e.g. all-zero because
+        no positive evidence for the defect score was found; they count as misses with no mass);
+        ``per_image`` one row per scored image.
+    """
+    rows = []
+    for position, index in enumerate(heatmaps.indices):
+        box = boxes[int(index)]
+        if box is None or box[2] <= 0 or box[3] <= 0:
+            continue
+        heat = heatmaps.maps[position]
+        rows.append({
+            "index": int(index),
+            "class": str(groups[int(index)]),
+            "pointing_hit": pointing_game(heat, box),
+            "mass_in_box": mass_in_box(heat, box),
+            "box_fraction": mass_in_box(np.ones_like(heat), box),
+            "constant_map": bool(heat.max() == heat.min()),
+            "defect_score": float(scores[int(index)]) if scores is not None else float("nan"),
+        })
+    per_image = pd.DataFrame(rows, columns=["index", "class", "pointing_hit", "mass_in_box", "box_fraction",
+                                            "constant_map", "defect_score"])
+    summary = []
+    for name, part in [*per_image.groupby("class", sort=True), ("all", per_image)]:
+        positions = [int(np.flatnonzero(heatmaps.indices == i)[0]) for i in part["index"]]
+        scores_ = localisation_scores(heatmaps.maps[positions] if positions else np.zeros((0, 1, 1)),
+                                              [boxes[int(i)] for i in part["index"]])
+        summary.append({"class": name, "n": int(scores_["n"]), "pointing_game": scores_["pointing_game"],
+                        "mass_in_box": scores_["mass_in_box"],
+                        "chance": float(part["box_fraction"].mean()) if len(part) else float("nan"),
+                        "constant_maps": int(part["constant_map"].sum())})
+    return pd.DataFrame(summary).set_index("class"), per_image

@@ -1,8 +1,11 @@
-"""Image grids: examples per class with their defect boxes, and captioned galleries of predictions."""
+"""Image grids: examples per class with their defect boxes, and captioned galleries of predictions
+(:func:`select_gallery` picks the rows, :func:`gallery_figure` draws them with Grad-CAM heatmaps)."""
 from __future__ import annotations
 
+import math
+import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib.patches as patches
 import numpy as np
@@ -10,6 +13,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from nexperia_utils.data import read_grayscale
+from nexperia_utils.errors import ConfigError
+from nexperia_utils.explain import Heatmaps
+from nexperia_utils.reporting.figures import new_figure
 
 
 def _box(row: pd.Series) -> tuple[float, float, float, float] | None:
@@ -132,7 +138,7 @@ def plot_visibility(annotations: pd.DataFrame, borderline: float = BORDERLINE_VI
     summary = visibility_summary(annotations, borderline)
     defects = annotations.dropna(subset=["visibility"])
     names = [n for n in summary.index if n != "all defects"]
-    fig = Figure(figsize=(8, 0.45 * len(names) + 1.6), layout="constrained")
+    fig = new_figure((8, 0.45 * len(names) + 1.6))
     ax = fig.add_subplot()
     data = [np.clip(defects.loc[defects["true_class"] == n, "visibility"].to_numpy(), 0.1, None) for n in names]
     ax.boxplot(data, orientation="horizontal", tick_labels=names, showfliers=True, flierprops={"markersize": 2})
@@ -144,4 +150,62 @@ def plot_visibility(annotations: pd.DataFrame, borderline: float = BORDERLINE_VI
         ax.text(1.01, i, f"{100 * share[n]:.0f} % < {borderline:g}", transform=ax.get_yaxis_transform(),
                 va="center", fontsize=8)
     ax.set_title(f"Defect visibility per class ({100 * share['all defects']:.1f} % of defects borderline)")
+    return fig
+
+
+def select_gallery(predictions: pd.DataFrame, negative_class: str, kind: str, n: int,
+                   threshold: float | None = None) -> pd.DataFrame:
+    """Rows of ``predictions`` for a gallery, in display order.
+
+    ``kind``: ``"lowest_defects"`` (defect-labelled, lowest scores first), ``"missed"`` (defect-labelled
+    with score below ``threshold``, lowest first), ``"highest_good"`` (good-labelled, highest first),
+    ``"false_alarms"`` (good-labelled with score >= ``threshold``, highest first). At most ``n`` rows.
+    """
+    is_good = predictions["label"] == negative_class
+    if kind in ("missed", "false_alarms") and threshold is None:
+        raise ConfigError(f"gallery kind {kind!r} needs a threshold")
+    if kind == "lowest_defects":
+        rows = predictions[~is_good].sort_values("defect_score", kind="stable")
+    elif kind == "missed":
+        rows = predictions[~is_good & (predictions["defect_score"] < threshold)].sort_values("defect_score", kind="stable")
+    elif kind == "highest_good":
+        rows = predictions[is_good].sort_values("defect_score", ascending=False, kind="stable")
+    elif kind == "false_alarms":
+        rows = predictions[is_good & (predictions["defect_score"] >= threshold)].sort_values(
+            "defect_score", ascending=False, kind="stable")
+    else:
+        raise ConfigError(f"unknown gallery kind {kind!r}; use lowest_defects, missed, highest_good or false_alarms")
+    return rows.head(max(0, int(n)))
+
+
+def gallery_figure(rows: pd.DataFrame, heatmaps: Heatmaps, boxes: Sequence[tuple | None], title: str,
+                   flags: Mapping[str, str] | None = None, columns: int = 6, n_total: int | None = None) -> Figure:
+    """A gallery (:func:`nexperia_utils.galleries.plot_gallery`) of ``rows`` (predictions with their
+    position in the part as index): image, heatmap, box, and caption ``id / label / score / rank``.
+
+    ``boxes`` are the part's input boxes (by position); ``flags`` adds a line per image id (e.g. the
+    annotated true class of a mislabelled image); ``n_total`` (the part's size) is shown after the
+    rank. A constant (flat) heatmap is not overlaid and the caption says so.
+    """
+    images, maps, captions, shown_boxes = [], [], [], []
+    for index, row in rows.iterrows():
+        image, heat = heatmaps.get(int(index))
+        flat = bool(heat.max() == heat.min())
+        images.append(image)
+        maps.append(np.full(heat.shape, np.nan, dtype=np.float32) if flat else heat)  # NaN: drawn transparent
+        shown_boxes.append(boxes[int(index)])
+        rank = f"{int(row['rank'])}/{n_total}" if n_total else f"{int(row['rank'])}"
+        caption = f"{str(row['image_id'])[:8]}  {row['label']}\nscore {row['defect_score']:.3g}  rank {rank}"
+        if flags and str(row["image_id"]) in flags:
+            caption += f"\n{flags[str(row['image_id'])]}"
+        if flat:
+            caption += "\n(flat heatmap: no evidence)"
+        captions.append(caption)
+    title = textwrap.fill(title, width=int(18 * columns))
+    fig = plot_gallery(images, captions, heatmaps=maps, boxes=shown_boxes, columns=columns, title=title)
+    # room for multi-line captions above every row (plot_gallery sizes rows for two lines)
+    rows = max(1, math.ceil(len(images) / columns))
+    lines = max([c.count("\n") + 1 for c in captions] or [1])
+    fig.set_size_inches(2.2 * columns, rows * (2.25 + 0.13 * lines) + 0.3 + 0.2 * title.count("\n"))
+    fig.tight_layout()
     return fig

@@ -158,7 +158,8 @@ def readable_images(folder: Path, skip_bad: bool = False,
     Every file is fully decoded once (:func:`nexperia_utils.data.find_bad_images`); a bad file raises a
     :class:`DataError` naming all of them unless ``skip_bad``.
     """
-    from nexperia_utils.data import find_bad_images, format_listing
+    from nexperia_utils.data import find_bad_images
+    from nexperia_utils.errors import format_listing
 
     folder = Path(folder)
     names = [str(p.relative_to(folder)) for p in find_images(folder)]

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from nexperia_utils.errors import ConfigError, DataError
+from nexperia_utils.errors import MAX_PREVIEWED, ConfigError, DataError, preview
 from nexperia_utils.io import atomic_write_csv
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 SAMPLE_SUBMISSION_NAME = "submission_sample.csv"
 DEFECT_AREA_NAME = "defect_area.csv"
 DEFECT_AREA_COLUMNS: tuple[str, ...] = ("id", "x_1", "y_1", "x_2", "y_2")
-#: How many offending values an error message lists before "...".
-_SHOW = 5
 
 
 @dataclass
@@ -84,11 +82,6 @@ def _check_stage(stage: int) -> int:
     return int(stage)
 
 
-def _preview(values: Sequence[object], n: int = _SHOW) -> str:
-    """``'a', 'b', 'c' (+7 more)`` for error messages."""
-    values = list(values)
-    shown = ", ".join(repr(v) for v in values[:n])
-    return shown + (f" (+{len(values) - n} more)" if len(values) > n else "")
 
 
 def _expected_layout(stage: int) -> str:
@@ -152,7 +145,7 @@ def _image_files(folder: Path, what: str) -> list[Path]:
         else:
             skipped.append(entry.name)
     if skipped:
-        logger.warning("Ignoring %d non-image entries in %s: %s", len(skipped), folder, _preview(skipped))
+        logger.warning("Ignoring %d non-image entries in %s: %s", len(skipped), folder, preview(skipped))
     if not files:
         raise DataError(
             f"The {what} folder {folder} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))}). "
@@ -186,7 +179,7 @@ def _read_id_csv(csv_path: Path, required: Sequence[str]) -> pd.DataFrame:
         )
     if frame["id"].isna().any():
         rows = (np.flatnonzero(frame["id"].isna().to_numpy()) + 2).tolist()
-        raise DataError(f"{csv_path} has empty ids on line(s) {_preview(rows)}. Fix: remove or complete those rows.")
+        raise DataError(f"{csv_path} has empty ids on line(s) {preview(rows)}. Fix: remove or complete those rows.")
     frame["id"] = frame["id"].astype(str).str.strip().map(_strip_image_suffix)
     return frame
 
@@ -208,7 +201,7 @@ def read_defect_area(csv_path: Path) -> pd.DataFrame:
         if bad.any():
             rows = (np.flatnonzero(bad.to_numpy()) + 2).tolist()
             raise DataError(
-                f"{csv_path}: column {column} is empty or not a finite number on line(s) {_preview(rows)}. "
+                f"{csv_path}: column {column} is empty or not a finite number on line(s) {preview(rows)}. "
                 "Fix: correct or remove those rows."
             )
         coords[column] = values
@@ -225,7 +218,7 @@ def read_defect_area(csv_path: Path) -> pd.DataFrame:
     if inverted.any():
         rows = (np.flatnonzero(inverted.to_numpy()) + 2).tolist()
         raise DataError(
-            f"{csv_path}: x_2 < x_1 or y_2 < y_1 on line(s) {_preview(rows)}; boxes must be given as "
+            f"{csv_path}: x_2 < x_1 or y_2 < y_1 on line(s) {preview(rows)}; boxes must be given as "
             "top-left (x_1, y_1) and bottom-right (x_2, y_2). Fix: correct those rows."
         )
     return boxes
@@ -244,9 +237,9 @@ def _frame_for(files: Sequence[Path], root: Path, label: str | None) -> pd.DataF
 def _raise_on_duplicate_ids(frame: pd.DataFrame, what: str, fix: str) -> None:
     dups = _duplicates(frame["image_id"].tolist())
     if dups:
-        paths = frame.loc[frame["image_id"].isin(dups[:_SHOW]), "path"].tolist()
+        paths = frame.loc[frame["image_id"].isin(dups[:MAX_PREVIEWED]), "path"].tolist()
         raise DataError(
-            f"{len(dups)} duplicate image id(s) in the {what}: {_preview(dups)} (files {_preview(paths, 2 * _SHOW)}). "
+            f"{len(dups)} duplicate image id(s) in the {what}: {preview(dups)} (files {preview(paths, 2 * MAX_PREVIEWED)}). "
             f"Ids are file names without extension and must be unique. Fix: {fix}"
         )
 
@@ -256,16 +249,16 @@ def _check_sample_submission(csv_path: Path, test: pd.DataFrame, stage: int) -> 
     sample = _read_id_csv(csv_path, SUBMISSION_COLUMNS[stage])
     dups = _duplicates(sample["id"].tolist())
     if dups:
-        raise DataError(f"{csv_path} lists {len(dups)} id(s) more than once: {_preview(dups)}. Fix: re-download it.")
+        raise DataError(f"{csv_path} lists {len(dups)} id(s) more than once: {preview(dups)}. Fix: re-download it.")
     sample_ids, test_ids_ = set(sample["id"]), set(test["image_id"])
     only_sample = sorted(sample_ids - test_ids_)
     only_test = sorted(test_ids_ - sample_ids)
     if only_sample or only_test:
         parts = []
         if only_sample:
-            parts.append(f"{len(only_sample)} id(s) in the sample but not in the test folder: {_preview(only_sample)}")
+            parts.append(f"{len(only_sample)} id(s) in the sample but not in the test folder: {preview(only_sample)}")
         if only_test:
-            parts.append(f"{len(only_test)} test image(s) missing from the sample: {_preview(only_test)}")
+            parts.append(f"{len(only_test)} test image(s) missing from the sample: {preview(only_test)}")
         raise DataError(
             f"{csv_path} does not match the test folder {TEST_FOLDERS[stage].as_posix()}/: " + "; ".join(parts)
             + ". Fix: re-extract the test images and the sample submission from the same download."
@@ -315,7 +308,7 @@ def read_kaggle_layout(root: Path, stage: int | None = None) -> KaggleData:
 
     cross = sorted(set(train["image_id"]) & set(test["image_id"]))
     if cross:
-        logger.warning("%d image id(s) appear in both train and test of %s: %s", len(cross), root, _preview(cross))
+        logger.warning("%d image id(s) appear in both train and test of %s: %s", len(cross), root, preview(cross))
 
     boxes = None
     if stage == 2:
@@ -329,7 +322,7 @@ def read_kaggle_layout(root: Path, stage: int | None = None) -> KaggleData:
             if unknown:
                 logger.warning(
                     "%d id(s) in %s are not images of train/train_contest/%s: %s",
-                    len(unknown), area_csv, positive, _preview(unknown),
+                    len(unknown), area_csv, positive, preview(unknown),
                 )
     logger.info(
         "Read Kaggle stage %d from %s: %d train (%d %s, %d %s), %d test",
@@ -362,7 +355,7 @@ def validate_submission(
     expected = [str(i) for i in expected_ids]
     dup_expected = _duplicates(expected)
     if dup_expected:
-        raise DataError(f"The expected test ids contain duplicates: {_preview(dup_expected)}. Fix: pass each id once.")
+        raise DataError(f"The expected test ids contain duplicates: {preview(dup_expected)}. Fix: pass each id once.")
     where = f" ({source})" if source is not None else ""
     problems: list[str] = []
 
@@ -383,14 +376,14 @@ def validate_submission(
         ids = raw_ids.dropna().astype(str).str.strip()
         dups = _duplicates(ids.tolist())
         if dups:
-            problems.append(f"{len(dups)} duplicate id(s): {_preview(dups)}")
+            problems.append(f"{len(dups)} duplicate id(s): {preview(dups)}")
         present, wanted = set(ids), set(expected)
         missing = [i for i in expected if i not in present]
         if missing:
-            problems.append(f"{len(missing)} of {len(expected)} expected id(s) missing: {_preview(missing)}")
+            problems.append(f"{len(missing)} of {len(expected)} expected id(s) missing: {preview(missing)}")
         unexpected = sorted(present - wanted)
         if unexpected:
-            problems.append(f"{len(unexpected)} unexpected id(s) not in the test set: {_preview(unexpected)}")
+            problems.append(f"{len(unexpected)} unexpected id(s) not in the test set: {preview(unexpected)}")
 
     if columns.count(score_col) == 1:
         raw = frame.iloc[:, columns.index(score_col)]
@@ -401,7 +394,7 @@ def validate_submission(
             non_numeric = numeric.isna() & raw.notna() & ~raw.astype(str).str.strip().str.lower().isin({"nan", ""})
             if non_numeric.any():
                 problems.append(
-                    f"{int(non_numeric.sum())} non-numeric {score_col!r} value(s): {_preview(raw[non_numeric].tolist())}"
+                    f"{int(non_numeric.sum())} non-numeric {score_col!r} value(s): {preview(raw[non_numeric].tolist())}"
                 )
             nan = numeric.isna() & ~non_numeric
             if nan.any():
@@ -414,7 +407,7 @@ def validate_submission(
             outside = finite & ((values < 0.0) | (values > 1.0))
             if outside.any():
                 problems.append(
-                    f"{int(outside.sum())} {score_col!r} value(s) outside [0, 1]: {_preview(values[outside].tolist())}"
+                    f"{int(outside.sum())} {score_col!r} value(s) outside [0, 1]: {preview(values[outside].tolist())}"
                 )
 
     if problems:
@@ -494,7 +487,7 @@ def score_submission(submission_csv: Path, answer_key_csv: Path) -> float:
         raise DataError(f"{answer_key_csv} holds only one class; ROC AUC needs both good (0) and defect (1) rows.")
     dup = _duplicates(key["id"].tolist())
     if dup:
-        raise DataError(f"{answer_key_csv} lists id(s) more than once: {_preview(dup)}. Fix: keep one row per id.")
+        raise DataError(f"{answer_key_csv} lists id(s) more than once: {preview(dup)}. Fix: keep one row per id.")
 
     try:
         submission = pd.read_csv(submission_csv, dtype={"id": str})

@@ -37,7 +37,8 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from nexperia_utils.checkpoints import read_run_meta, sat_snapshot_file
-from nexperia_utils.errors import DataError
+from nexperia_utils.errors import DataError, preview
+from nexperia_utils.reporting.figures import new_figure
 
 __all__ = [
     "SatSnapshot",
@@ -215,7 +216,7 @@ def attach_annotations(frame: pd.DataFrame, annotations: pd.DataFrame) -> pd.Dat
         ann, on="image_id", how="left", validate="one_to_one")
     missing = out.loc[out["true_class"].isna(), "image_id"].tolist()
     if missing:
-        raise DataError(f"annotations.csv does not describe {len(missing)} training image(s), e.g. {missing[:5]}; "
+        raise DataError(f"annotations.csv does not describe {len(missing)} training image(s): {preview(missing)}; "
                         f"use the annotations of the data set the split was drawn from")
     out["noisy"] = out["noisy"].map(_as_bool)
     if "target_class" in out.columns:
@@ -482,7 +483,7 @@ def plot_mislabel_detection(frame: pd.DataFrame, trajectories: pd.DataFrame | No
     lowest weights, ranks of the noisy images. ``frame`` from :func:`load_sat_weights` with annotations."""
     if "noisy" not in frame.columns:
         raise DataError("plot_mislabel_detection needs annotations: load_sat_weights(..., annotations=...)")
-    fig = Figure(figsize=(12.5, 8.5), layout="constrained")
+    fig = new_figure((12.5, 8.5))
     axes = fig.subplots(2, 2).ravel()
     plot_weight_distribution(axes[0], frame)
     if trajectories is not None:

@@ -173,10 +173,10 @@ def operating_point_table(points: pd.DataFrame) -> pd.DataFrame:
 
 def plot_operating_points(points: pd.DataFrame):
     """Per model: test FPR at the validation-chosen threshold (with its interval) beside the report's reading."""
-    from matplotlib.figure import Figure
+    from nexperia_utils.reporting.figures import new_figure
 
     models = list(dict.fromkeys(points["model"]))
-    fig = Figure(figsize=(4.2 * len(models), 3.6), layout="constrained")
+    fig = new_figure((4.2 * len(models), 3.6))
     axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
     for ax, model in zip(axes, models):
         group = points[points["model"] == model]
@@ -261,10 +261,11 @@ def review_band_curve(y_val: np.ndarray, s_val: np.ndarray, y_test: np.ndarray, 
 
 def plot_review_band(curve: pd.DataFrame, title: str = ""):
     """Review load against the defects it catches that the reject threshold lets through (test part)."""
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    from nexperia_utils.reporting.figures import new_figure
+
+    fig = new_figure((6, 3.6))
     ax = fig.add_subplot()
     x = curve["test_review_share"] * 100
     ax.plot(x, curve["caught_in_review"], marker="o", label="caught in review")

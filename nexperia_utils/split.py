@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nexperia_utils.data import class_names, format_listing, negative_index
+from nexperia_utils.data import class_names, negative_index
+from nexperia_utils.errors import format_listing
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.io import atomic_write_csv, atomic_write_text
 

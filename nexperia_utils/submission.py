@@ -34,10 +34,11 @@ from matplotlib.figure import Figure
 from nexperia_utils import dataset, kaggle
 from nexperia_utils.config import Profile, resolve_path, workdir
 from nexperia_utils.dataset import SplitData
-from nexperia_utils.errors import ConfigError, DataError
+from nexperia_utils.errors import ConfigError, DataError, preview
 from nexperia_utils.evaluation import predict_proba
 from nexperia_utils.models import resolve_device
 from nexperia_utils.transforms import CROP_STYLES
+from nexperia_utils.reporting.figures import new_figure
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +323,7 @@ def key_labels(answer_key_csv: Path, ids: Sequence[str]) -> np.ndarray:
     by_id = key.set_index("id")["label"]
     missing = [i for i in ids if i not in by_id.index]
     if missing:
-        raise DataError(f"{answer_key_csv} has no label for {len(missing)} test id(s), e.g. {missing[:3]}; "
+        raise DataError(f"{answer_key_csv} has no label for {len(missing)} test id(s): {preview(missing)}; "
                         "the key belongs to another export. Fix: re-export the synthetic data.")
     return by_id.loc[list(ids)].to_numpy(dtype=int)
 
@@ -330,7 +331,7 @@ def key_labels(answer_key_csv: Path, ids: Sequence[str]) -> np.ndarray:
 def plot_score_distribution(scores: np.ndarray, labels: np.ndarray | None = None, title: str = "") -> Figure:
     """Histogram of test defect probabilities; split into good and defect when ``labels`` are known."""
     scores = np.asarray(scores, dtype=float)
-    fig = Figure(figsize=(6.5, 3.6), layout="constrained")
+    fig = new_figure((6.5, 3.6))
     ax = fig.add_subplot(1, 1, 1)
     bins = np.linspace(0.0, 1.0, 26)
     if labels is None:
@@ -371,16 +372,11 @@ SUMMARY_TABLE = "submission_summary"
 def write_summary(prediction: TestPrediction, data: kaggle.KaggleData, submission_csv: Path, auc: float | None,
                   tables_dir: Path, profile_name: str) -> tuple[pd.DataFrame, str]:
     """Write ``submission_summary.csv`` / ``.md`` / ``.caption.txt`` to ``tables_dir``; return (table, caption)."""
-    from nexperia_utils.io import atomic_write_csv, atomic_write_text
-    from nexperia_utils.reporting import to_markdown
+    from nexperia_utils.reporting import write_table
 
     table = summary_table(prediction, data, submission_csv, auc)
     caption = (f"Kaggle submission (profile `{profile_name}`): {prediction.describe()}; "
                + ("scored against the synthetic export's hidden answer key." if auc is not None
                   else "the competition scores it after upload."))
-    markdown = to_markdown(table, caption, row_labels={}, index_header="item")
-    tables_dir = Path(tables_dir)
-    atomic_write_csv(tables_dir / f"{SUMMARY_TABLE}.csv", table, index=True)
-    atomic_write_text(tables_dir / f"{SUMMARY_TABLE}.md", markdown)
-    atomic_write_text(tables_dir / f"{SUMMARY_TABLE}.caption.txt", caption + "\n")
+    write_table(table, Path(tables_dir), SUMMARY_TABLE, caption, index_header="item", row_labels={})
     return table, caption

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from nexperia_utils.errors import DataError
 from nexperia_utils.explain import overlay
 from nexperia_utils.variants import IDENTITY_VALUES
+from nexperia_utils.reporting.figures import new_figure
 
 Box = tuple[float, float, float, float]
 
@@ -59,7 +60,7 @@ def plot_stn_examples(inputs: np.ndarray, transformed: np.ndarray, captions: Seq
         raise DataError(f"plot_stn_examples: {len(inputs)} inputs, {len(transformed)} transformed images and "
                         f"{len(captions)} captions; pass one of each per column.")
     n = max(len(inputs), 1)
-    fig = Figure(figsize=(max(1.75 * n, 5.0), 4.2), layout="constrained")
+    fig = new_figure((max(1.75 * n, 5.0), 4.2))
     axes = fig.subplots(2, n, squeeze=False)
     for c in range(n):
         for r, (row, label) in enumerate(((inputs, "input"), (transformed, "after the STN"))):
@@ -93,7 +94,7 @@ def plot_theta_distribution(frame: pd.DataFrame, title: str = "", bins: int = 30
     groups = [g for g in groups if g == "all" or (frame["group"] == g).any()]
     ncols = min(4, len(columns))
     nrows = math.ceil(len(columns) / ncols)
-    fig = Figure(figsize=(3.6 * ncols, 2.9 * nrows), layout="constrained")
+    fig = new_figure((3.6 * ncols, 2.9 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, column in zip(axes, columns):
         values = frame[column].to_numpy(dtype=float)
@@ -163,7 +164,7 @@ def plot_attention_maps(images: np.ndarray, maps: Sequence[np.ndarray], boxes: S
         if layer.size and (not np.isfinite(layer).all() or layer.min() < 0):
             raise DataError(f"attention map {name!r} must be finite and non-negative.")
     ncols = max(n, 1)
-    fig = Figure(figsize=(max(2.0 * ncols, 5.0), 2.15 * (1 + len(maps)) + 0.5), layout="constrained")
+    fig = new_figure((max(2.0 * ncols, 5.0), 2.15 * (1 + len(maps)) + 0.5))
     axes = fig.subplots(1 + len(maps), ncols, squeeze=False)
     for c in range(ncols):
         for r in range(1 + len(maps)):

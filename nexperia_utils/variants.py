@@ -5,8 +5,9 @@
   ``stn_epochs``), the transforms a trained STN applies (:func:`stn_thetas`, :func:`theta_frame`)
   and the before/after views of Figure 2 (:func:`stn_views`).
 * ResNet_att_2: its attention maps upsampled to the input (:func:`attention_maps`), the layer
-  table (Table 1, :func:`att2_layer_table`), the defect boxes in model-input pixels
-  (:func:`input_boxes`) and the gradient that reaches ``conv6`` (:func:`conv6_gradient_norm`).
+  table (Table 1, :func:`att2_layer_table`) and the gradient that reaches ``conv6``
+  (:func:`conv6_gradient_norm`); the defect boxes in model-input pixels are
+  :func:`nexperia_utils.boxes.input_boxes`.
 * Table 2: the five runs it compares (:func:`table2_runs`, :func:`require_finished_runs`), their
   cost from ``done.json`` (:func:`run_overview`) and the table itself (:func:`table2`).
 
@@ -26,7 +27,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -36,15 +36,12 @@ from nexperia_utils.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.models import resolve_device
 from nexperia_utils.experiment import run_name
-from nexperia_utils.explain import map_box_to_input
 from nexperia_utils.models import DISPLAY_NAMES
 from nexperia_utils.published import ROW_KEYS
 from nexperia_utils.stn import TRANSFORMS, warp
 from nexperia_utils.transforms import denormalise, eval_transform
 
 logger = logging.getLogger(__name__)
-
-Box = tuple[float, float, float, float]
 
 #: The STN architectures and the SGD momentum the report trains each with (section 3.3).
 STN_MOMENTUM: dict[str, float] = {"resnet18_stn": 0.6, "vgg19_bn_stn": 0.5}
@@ -519,40 +516,5 @@ def att2_layer_table(model: nn.Module, image_size: int) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- boxes
-def image_size_hw(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file, from its header."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except FileNotFoundError:
-        raise DataError(f"Image {path} does not exist; check the data root.") from None
-    return height, width
 
 
-def input_boxes(frame: pd.DataFrame, annotations: pd.DataFrame | None, data_root: Path, resize: int,
-                crop: int) -> list[Box | None]:
-    """The defect box of each row of ``frame`` (columns image_id, path) in model-input pixels.
-
-    Boxes ``(x, y, w, h)`` come from ``annotations`` (columns image_id, x, y, w, h, in the
-    original image's pixels) and are mapped through ``Resize(resize)`` + ``CenterCrop(crop)``
-    (:func:`nexperia_utils.explain.map_box_to_input`). Rows without a box (good images, no
-    annotations) get ``None``.
-    """
-    if annotations is None:
-        return [None] * len(frame)
-    missing = [c for c in ("image_id", "x", "y", "w", "h") if c not in annotations.columns]
-    if missing:
-        raise DataError(f"the annotations lack the column(s) {missing}; they need image_id, x, y, w, h.")
-    table = annotations.drop_duplicates("image_id").set_index("image_id")
-    boxes: list[Box | None] = []
-    for image_id, path in zip(frame["image_id"].astype(str), frame["path"]):
-        if image_id not in table.index:
-            boxes.append(None)
-            continue
-        values = table.loc[image_id, ["x", "y", "w", "h"]].to_numpy(dtype=float)
-        if not np.isfinite(values).all():
-            boxes.append(None)
-            continue
-        hw = image_size_hw(Path(data_root) / path)
-        boxes.append(map_box_to_input(values, hw, resize, crop))
-    return boxes

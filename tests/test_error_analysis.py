@@ -11,7 +11,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from nexperia_utils import boxes as bx
 from nexperia_utils import error_analysis as ea
+from nexperia_utils import explain
+from nexperia_utils import galleries as gal
+from nexperia_utils import mislabels as ml
 from nexperia_utils import metrics
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.models import build_model, classifier_head
@@ -77,7 +81,7 @@ def _predictions() -> pd.DataFrame:
 
 
 def test_suspected_mislabels_ranks_good_images_by_defect_score() -> None:
-    ranking = ea.suspected_mislabels(_predictions(), "good")
+    ranking = ml.suspected_mislabels(_predictions(), "good")
     assert "c" not in set(ranking["image_id"])  # defect-labelled images are not suspects
     assert ranking["image_id"].tolist() == ["a", "f", "d", "b", "g", "e"]  # tie b/g: by id
     assert ranking["rank"].tolist() == list(range(1, 7))
@@ -90,33 +94,33 @@ def test_suspected_mislabels_ranks_good_images_by_defect_score() -> None:
 def test_suspected_mislabels_with_sat_state() -> None:
     sat = pd.DataFrame({"image_id": ["d", "e", "x"], "sat_weight": [0.6, 0.55, 1.0],
                         "sat_defect_mass": [0.2, 0.9, 0.0], "sat_epoch": 3})
-    ranking = ea.suspected_mislabels(_predictions(), "good", sat).set_index("image_id")
+    ranking = ml.suspected_mislabels(_predictions(), "good", sat).set_index("image_id")
     assert math.isclose(ranking.loc["e", "suspicion"], (0.1 + 0.9) / 2)
     assert math.isclose(ranking.loc["d", "suspicion"], (0.5 + 0.2) / 2)
     assert ranking.loc["e", "sat_weight"] == 0.55 and np.isnan(ranking.loc["a", "sat_weight"])
     assert ranking.loc["e", "rank"] == 3  # 0.5 moves it above d (0.35), below a (0.9) and f (0.6)
     with pytest.raises(DataError, match="no SAT state"):
-        ea.suspected_mislabels(_predictions(), "good", sat.iloc[:1])
+        ml.suspected_mislabels(_predictions(), "good", sat.iloc[:1])
 
 
 def test_precision_recall_at_k_by_hand() -> None:
     ranked = ["a", "b", "c", "d", "e"]
     positives = {"b", "d", "z"}  # z is not in the ranking: it does not count
-    frame = ea.precision_recall_at_k(ranked, positives, [1, 2, 4, 10]).set_index("k")
+    frame = ml.precision_recall_at_k(ranked, positives, [1, 2, 4, 10]).set_index("k")
     assert frame.loc[1, "hits"] == 0 and frame.loc[1, "precision"] == 0.0
     assert frame.loc[2, "precision"] == 0.5 and frame.loc[2, "recall"] == 0.5
     assert frame.loc[4, "precision"] == 0.5 and frame.loc[4, "recall"] == 1.0
     assert 5 in frame.index and frame.loc[5, "precision"] == 0.4  # k clipped to the ranking
     assert (frame["n_positive"] == 2).all()
-    none = ea.precision_recall_at_k(ranked, set(), [2])
+    none = ml.precision_recall_at_k(ranked, set(), [2])
     assert none["precision"].iloc[0] == 0.0 and np.isnan(none["recall"].iloc[0])
     with pytest.raises(ConfigError):
-        ea.precision_recall_at_k(ranked, positives, [0])
+        ml.precision_recall_at_k(ranked, positives, [0])
 
 
 def test_ranking_quality_per_scope() -> None:
-    ranking = ea.suspected_mislabels(_predictions(), "good")
-    quality = ea.ranking_quality(ranking, {"a", "e"}, k=2).set_index("scope")
+    ranking = ml.suspected_mislabels(_predictions(), "good")
+    quality = ml.ranking_quality(ranking, {"a", "e"}, k=2).set_index("scope")
     assert list(quality.index) == ["all", "train", "val", "test"]
     assert quality.loc["all", "hits"] == 1 and quality.loc["all", "precision"] == 0.5
     assert quality.loc["test", "precision"] == 0.5 and quality.loc["test", "recall"] == 1.0
@@ -129,10 +133,10 @@ def test_ranking_quality_per_scope() -> None:
 def test_corrections_from_annotations_only_where_the_class_differs() -> None:
     annotations = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "label": ["good", "good", "scratch", "good"],
                                 "true_class": ["scratch", "good", "scratch", "chipping"]})
-    all_ = ea.corrections_from_annotations(annotations)
+    all_ = ml.corrections_from_annotations(annotations)
     assert all_.to_dict("list") == {"image_id": ["a", "d"], "corrected_label": ["scratch", "chipping"]}
-    assert ea.corrections_from_annotations(annotations, ["d", "b"])["image_id"].tolist() == ["d"]
-    assert ea.noisy_ids(annotations) == {"a", "d"} and ea.noisy_ids(None) == set()
+    assert ml.corrections_from_annotations(annotations, ["d", "b"])["image_id"].tolist() == ["d"]
+    assert ml.noisy_ids(annotations) == {"a", "d"} and ml.noisy_ids(None) == set()
 
 
 def test_apply_corrections_changes_exactly_the_top_k_that_differ() -> None:
@@ -142,7 +146,7 @@ def test_apply_corrections_changes_exactly_the_top_k_that_differ() -> None:
         "corrected_label": ["scratch", "good", "chipping", "scratch", "scratch"],
     })
     top = ["i0", "i1", "i2", "i3"]  # K = 4: i1 "corrected" to its own label, i3 has no correction
-    labels, applied = ea.apply_corrections(frame, corrections, top)
+    labels, applied = ml.apply_corrections(frame, corrections, top)
     changed = np.flatnonzero(labels != frame["label"].to_numpy())
     assert changed.tolist() == [0, 2]  # i5 (outside the top K) and i6 (same label) untouched
     assert labels.tolist() == ["scratch", "good", "chipping", "good", "good", "good", "scratch", "chipping"]
@@ -150,26 +154,26 @@ def test_apply_corrections_changes_exactly_the_top_k_that_differ() -> None:
                                        "corrected_label": ["scratch", "chipping"]}
     assert frame["label"].tolist()[0] == "good"  # the input is not modified
     with pytest.raises(DataError, match="not in the part"):
-        ea.apply_corrections(frame, corrections, ["nope"])
+        ml.apply_corrections(frame, corrections, ["nope"])
 
 
 def test_read_corrections_and_template(tmp_path) -> None:
     file = tmp_path / "c.csv"
     file.write_text("image_id,corrected_label,note\na,scratch,x\nb,,keep\n c , good ,\n")
-    frame = ea.read_corrections(file, CLASSES)
+    frame = ml.read_corrections(file, CLASSES)
     assert frame.to_dict("list") == {"image_id": ["a", "c"], "corrected_label": ["scratch", "good"]}
     file.write_text("image_id,corrected_label\na,crack\n")
     with pytest.raises(DataError, match="unknown class"):
-        ea.read_corrections(file, CLASSES)
+        ml.read_corrections(file, CLASSES)
     file.write_text("image_id,corrected_label\na,good\na,scratch\n")
     with pytest.raises(DataError, match="more than once"):
-        ea.read_corrections(file, CLASSES)
+        ml.read_corrections(file, CLASSES)
     file.write_text("id,label\n")
     with pytest.raises(DataError, match="lacks"):
-        ea.read_corrections(file, CLASSES)
+        ml.read_corrections(file, CLASSES)
     with pytest.raises(DataError, match="does not exist"):
-        ea.read_corrections(tmp_path / "missing.csv", CLASSES)
-    template = ea.corrections_template(ea.suspected_mislabels(_predictions(), "good"), 2)
+        ml.read_corrections(tmp_path / "missing.csv", CLASSES)
+    template = ml.corrections_template(ml.suspected_mislabels(_predictions(), "good"), 2)
     assert template["image_id"].tolist() == ["a", "b"] and (template["corrected_label"] == "").all()
 
 
@@ -181,36 +185,36 @@ def test_sat_train_scores(tmp_path) -> None:
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"config": {"loss": "sat_bad_1"}, "classes": CLASSES,
                                                  "negative_class": "good", "split_hash": "abc"}))
-    assert ea.sat_train_scores(run, split, "good") is None
+    assert ml.sat_train_scores(run, split, "good") is None
     (run / "sat").mkdir()
     soft = np.eye(3, dtype=np.float16)[train.labels]
     good_rows = np.flatnonzero(train.labels == 1)
     soft[good_rows[0]] = [0.7, 0.3, 0.0]
     for epoch, weights in ((2, np.ones(6)), (10, soft.max(axis=1))):
         np.savez_compressed(run / "sat" / f"epoch_{epoch:03d}.npz", weights=weights.astype(np.float16), soft_targets=soft)
-    frame = ea.sat_train_scores(run, split, "good")
+    frame = ml.sat_train_scores(run, split, "good")
     assert (frame["sat_epoch"] == 10).all()  # the latest snapshot
     assert frame["image_id"].tolist() == train.frame["image_id"].iloc[good_rows].tolist()  # good-labelled only
     first = frame.set_index("image_id").loc[train.frame["image_id"].iloc[good_rows[0]]]
     assert math.isclose(first["sat_defect_mass"], 0.7, abs_tol=1e-3) and math.isclose(first["sat_weight"], 0.7, abs_tol=1e-3)
     assert np.allclose(frame["sat_defect_mass"].iloc[1:], 0.0)
     with pytest.raises(DataError):
-        ea.sat_train_scores(run, split.iloc[:5], "good")  # the snapshot belongs to another split
+        ml.sat_train_scores(run, split.iloc[:5], "good")  # the snapshot belongs to another split
 
 
 # --------------------------------------------------------------------------- boxes and localisation
 def test_read_boxes_both_layouts(tmp_path) -> None:
     plain = tmp_path / "boxes.csv"
     plain.write_text("image_id,x,y,w,h\na,10,20,5,6\nb,,,,\nc,0,0,4,4\nc,10,10,2,2\n")
-    boxes = ea.box_lookup(ea.read_boxes(plain))
+    boxes = bx.box_lookup(bx.read_boxes(plain))
     assert boxes == {"a": (10.0, 20.0, 5.0, 6.0), "c": (0.0, 0.0, 12.0, 12.0)}  # c: enclosing box of two
     kaggle = tmp_path / "defect_area.csv"
     kaggle.write_text("id,x_1,y_1,x_2,y_2\na,10,20,15,26\n")
-    assert ea.box_lookup(ea.read_boxes(kaggle)) == {"a": (10.0, 20.0, 5.0, 6.0)}
+    assert bx.box_lookup(bx.read_boxes(kaggle)) == {"a": (10.0, 20.0, 5.0, 6.0)}
     bad = tmp_path / "bad.csv"
     bad.write_text("image_id,x,y\na,1,2\n")
     with pytest.raises(DataError, match="lacks"):
-        ea.read_boxes(bad)
+        bx.read_boxes(bad)
 
 
 def test_input_boxes_map_to_the_crop(tmp_path) -> None:
@@ -221,24 +225,24 @@ def test_input_boxes_map_to_the_crop(tmp_path) -> None:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((267, 275), dtype=np.uint8)).save(tmp_path / rel)
     first = part.frame["image_id"].iloc[0]
-    boxes = ea.input_boxes(part, tmp_path, {first: (100, 50, 20, 30)}, image_size=64)
+    boxes = bx.input_boxes(part.frame, {first: (100, 50, 20, 30)}, tmp_path, image_size=64)
     assert boxes[1] is None and boxes[2] is None
     x, y, w, h = boxes[0]
     assert math.isclose(w, 20 * 75 / 275) and math.isclose(h, 30 * 73 / 267)  # Resize(73) -> 73 x 75
 
 
-def _heatmaps_with_peaks() -> ea.Heatmaps:
+def _heatmaps_with_peaks() -> explain.Heatmaps:
     maps = np.zeros((3, 8, 8), dtype=np.float32)
     maps[0, 1, 1] = 1.0  # inside its box
     maps[1, 6, 6] = 1.0  # outside its box
     maps[2, 4, 4] = 1.0  # no box
-    return ea.Heatmaps(np.array([0, 2, 3]), np.zeros_like(maps), maps, 8, "gradcam")
+    return explain.Heatmaps(np.array([0, 2, 3]), np.zeros_like(maps), maps, 8, "gradcam")
 
 
 def test_localisation_table() -> None:
     heat = _heatmaps_with_peaks()
     boxes = [(0, 0, 2, 2), None, (0, 0, 4, 4), None]  # part positions 0..3; position 1 has no heatmap
-    summary, per_image = ea.localisation_table(heat, boxes, ["scratch", "good", "chipping", "good"],
+    summary, per_image = explain.localisation_table(heat, boxes, ["scratch", "good", "chipping", "good"],
                                                scores=[0.9, 0.1, 0.2, 0.3])
     assert per_image["index"].tolist() == [0, 2]
     assert summary.loc["all", "n"] == 2 and summary.loc["all", "pointing_game"] == 0.5
@@ -250,14 +254,14 @@ def test_localisation_table() -> None:
 
 def test_select_gallery() -> None:
     pred = _predictions()
-    assert ea.select_gallery(pred, "good", "highest_good", 2)["image_id"].tolist() == ["a", "f"]
-    assert ea.select_gallery(pred, "good", "lowest_defects", 5)["image_id"].tolist() == ["c"]
-    assert ea.select_gallery(pred, "good", "missed", 5, threshold=0.5).empty
-    assert ea.select_gallery(pred, "good", "false_alarms", 5, threshold=0.5)["image_id"].tolist() == ["a", "f", "d"]
+    assert gal.select_gallery(pred, "good", "highest_good", 2)["image_id"].tolist() == ["a", "f"]
+    assert gal.select_gallery(pred, "good", "lowest_defects", 5)["image_id"].tolist() == ["c"]
+    assert gal.select_gallery(pred, "good", "missed", 5, threshold=0.5).empty
+    assert gal.select_gallery(pred, "good", "false_alarms", 5, threshold=0.5)["image_id"].tolist() == ["a", "f", "d"]
     with pytest.raises(ConfigError):
-        ea.select_gallery(pred, "good", "missed", 5)
+        gal.select_gallery(pred, "good", "missed", 5)
     with pytest.raises(ConfigError):
-        ea.select_gallery(pred, "good", "nope", 5)
+        gal.select_gallery(pred, "good", "nope", 5)
 
 
 # --------------------------------------------------------------------------- embeddings and figures
@@ -306,15 +310,15 @@ def test_figures_build() -> None:
     assert (norm.vmin, norm.vmax) == (0.01, 1.0)
     fig = ea.plot_score_distributions(pred, CLASSES, {"0.5": 0.5, "TPR = 100 %": 0.99}, marked={"a"})
     assert fig.axes[0].get_xscale() == "logit"
-    ranking = ea.suspected_mislabels(pred, "good")
-    assert isinstance(ea.plot_precision_recall_at_k(ranking, {"a"}, 2), Figure)
+    ranking = ml.suspected_mislabels(pred, "good")
+    assert isinstance(ml.plot_precision_recall_at_k(ranking, {"a"}, 2), Figure)
     xy = np.random.default_rng(0).normal(size=(7, 2))
     fig = ea.plot_embeddings({"PCA": xy, "t-SNE": xy}, pred["label"], CLASSES, "good", {0: "true scratch"}, [1])
     assert len(fig.axes) == 2
     heat = _heatmaps_with_peaks()
     rows = pd.DataFrame({"image_id": ["x", "y"], "label": ["good", "scratch"], "defect_score": [0.9, 0.1],
                          "rank": [1, 2]}, index=[0, 3])
-    fig = ea.gallery_figure(rows, heat, [(0, 0, 2, 2), None, None, None], "title", flags={"x": "annotated: scratch"})
+    fig = gal.gallery_figure(rows, heat, [(0, 0, 2, 2), None, None, None], "title", flags={"x": "annotated: scratch"})
     assert "annotated: scratch" in fig.axes[0].get_title()
 
 
@@ -355,12 +359,12 @@ def test_relabel_results_table5(tiny_run) -> None:
 
     run_dir, (_, _, test) = tiny_run
     analysis = ea.open_checkpoint(run_dir, "best")
-    ranking = ea.suspected_mislabels(ea.checkpoint_predictions(analysis, test), "good")
+    ranking = ml.suspected_mislabels(ea.checkpoint_predictions(analysis, test), "good")
     top = ranking["image_id"].head(2).tolist()
     corrections = pd.DataFrame({"image_id": top, "corrected_label": ["scratch", "scratch"]})
-    corrected, applied = ea.apply_corrections(test.frame, corrections, top)
+    corrected, applied = ml.apply_corrections(test.frame, corrections, top)
     assert len(applied) == 2 and (corrected != test.frame["label"].to_numpy()).sum() == 2
-    results = ea.relabel_results(analysis, test, corrected, top_k=2)
+    results = ml.relabel_results(analysis, test, corrected, top_k=2)
     assert len(results) == 4 and results["labels"].tolist() == ["original"] * 2 + ["corrected"] * 2
     assert set(results["model"]) == {"ResNet18", "ResNet18 (corrected)"}
     # each row equals metrics.summarize of that checkpoint's probabilities with those labels
@@ -376,7 +380,7 @@ def test_relabel_results_table5(tiny_run) -> None:
     table = summary_table(results, columns=("model",))
     assert list(table.columns) == ["ResNet18", "ResNet18 (corrected)"] and table.shape == (6, 2)
     # no applied correction: both columns are identical
-    same = ea.relabel_results(analysis, test, test.frame["label"].to_numpy(), top_k=2)
+    same = ml.relabel_results(analysis, test, test.frame["label"].to_numpy(), top_k=2)
     numbers = same[list(metrics.METRIC_KEYS)].to_numpy()
     assert np.allclose(numbers[:2], numbers[2:])
 
@@ -384,10 +388,10 @@ def test_relabel_results_table5(tiny_run) -> None:
 def test_compute_gallery_heatmaps_on_the_run(tiny_run) -> None:
     run_dir, (_, _, test) = tiny_run
     analysis = ea.open_checkpoint(run_dir)
-    heat = ea.compute_gallery_heatmaps(analysis, test, [3, 1, 3], image_size=32)
+    heat = explain.compute_gallery_heatmaps(analysis, test, [3, 1, 3], image_size=32)
     assert heat.indices.tolist() == [1, 3] and heat.maps.shape == (2, 32, 32) and heat.images.shape == (2, 32, 32)
     assert 0.0 <= heat.images.min() and heat.images.max() <= 1.0 and 3 in heat
     with pytest.raises(ConfigError, match="decoded"):
-        ea.compute_gallery_heatmaps(analysis, test, [0], image_size=64)
-    empty = ea.compute_gallery_heatmaps(analysis, test, [], image_size=32)
+        explain.compute_gallery_heatmaps(analysis, test, [0], image_size=64)
+    empty = explain.compute_gallery_heatmaps(analysis, test, [], image_size=32)
     assert empty.maps.shape == (0, 32, 32)

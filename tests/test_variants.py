@@ -22,6 +22,7 @@ from PIL import Image
 
 from conftest import make_part
 from nexperia_utils.attention import ResNetAtt2
+from nexperia_utils.boxes import box_lookup, input_boxes
 from nexperia_utils.config import get_profile
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.explain import map_box_to_input
@@ -29,10 +30,11 @@ from nexperia_utils.models import build_model
 from nexperia_utils.pixel_reference import REFERENCE_NAME
 from nexperia_utils.published import ROW_KEYS
 from nexperia_utils.stn import warp
+from nexperia_utils.transforms import resize_size_for
 from nexperia_utils.variant_plots import plot_attention_maps, plot_stn_examples, plot_theta_distribution
 from nexperia_utils.variants import (
     MEMORY_ROW, STN_MOMENTUM, TABLE2_ROWS, TIME_ROW, att2_layer_table, attention_maps, conv6_gradient_norm,
-    eval_inputs, example_indices, input_boxes, require_finished_runs, run_overview, stn_health, stn_lr_factor,
+    eval_inputs, example_indices, require_finished_runs, run_overview, stn_health, stn_lr_factor,
     stn_run_name, stn_thetas, stn_training_settings, stn_views, table2, table2_caption, table2_runs, theta_frame,
     view_coverage,
 )
@@ -317,12 +319,13 @@ def test_input_boxes_map_annotations_to_model_pixels(tmp_path: Path) -> None:
     frame = pd.DataFrame({"image_id": ["a", "b", "c"], "path": ["a.png", "b.png", "missing.png"]})
     annotations = pd.DataFrame({"image_id": ["a", "b"], "x": [100.0, np.nan], "y": [120.0, np.nan],
                                 "w": [20.0, np.nan], "h": [10.0, np.nan]})
-    boxes = input_boxes(frame, annotations, tmp_path, resize=73, crop=64)
+    assert resize_size_for(64) == 73
+    boxes = input_boxes(frame, box_lookup(annotations), tmp_path, 64)
     assert boxes[0] == pytest.approx(map_box_to_input((100, 120, 20, 10), (267, 275), 73, 64))
     assert boxes[1] is None and boxes[2] is None
-    assert input_boxes(frame, None, tmp_path, 73, 64) == [None, None, None]
+    assert input_boxes(frame, box_lookup(None), tmp_path, 64) == [None, None, None]
     with pytest.raises(DataError, match="lack the column"):
-        input_boxes(frame, annotations.drop(columns="w"), tmp_path, 73, 64)
+        box_lookup(annotations.drop(columns="w"))
 
 
 # --------------------------------------------------------------------------- figures

@@ -47,11 +47,12 @@ from nexperia_utils.published import published_caption, published_table
 from nexperia_utils.reporting import (
     checkpoint_metrics, plot_roc, plot_training_curves, save_figure, side_by_side, write_table,
 )
+from nexperia_utils.boxes import box_lookup, input_boxes
 from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
-from nexperia_utils.transforms import denormalise, resize_size_for
+from nexperia_utils.transforms import denormalise
 from nexperia_utils.variant_plots import plot_attention_maps
 from nexperia_utils.variants import (
-    att2_layer_table, attention_maps, conv6_gradient_norm, eval_inputs, example_indices, input_boxes,
+    att2_layer_table, attention_maps, conv6_gradient_norm, eval_inputs, example_indices,
     require_finished_runs, run_overview, table2, table2_caption, table2_runs,
 )
 
@@ -123,8 +124,7 @@ display(mean_std)
 best = list_checkpoints(result.run_dir)[0]
 model, meta = load_checkpoint(best["path"], device="cpu")
 size = meta["config"]["image_size"]
-resize = resize_size_for(size)
-boxes = input_boxes(test.frame, exp.annotations(), exp.data_root, resize, size)
+boxes = input_boxes(test.frame, box_lookup(exp.annotations()), exp.data_root, size)
 with_box = [i for i, b in enumerate(boxes) if b is not None and b[2] > 0 and b[3] > 0
             and test.labels[i] != exp.negative_index]
 defect_classes = [c for c in range(len(exp.classes)) if c != exp.negative_index]

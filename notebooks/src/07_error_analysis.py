@@ -49,12 +49,16 @@ from scipy.stats import spearmanr
 
 from nexperia_utils import error_analysis as ea
 from nexperia_utils import metrics
+from nexperia_utils import mislabels as ml
+from nexperia_utils.boxes import box_lookup, input_boxes, read_boxes
 from nexperia_utils.config import get_profile
 from nexperia_utils.evaluation import predict_proba
 from nexperia_utils.experiment import open_experiment, run_name
+from nexperia_utils.explain import compute_gallery_heatmaps, localisation_table
+from nexperia_utils.galleries import gallery_figure, select_gallery
 from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.published import published_table
-from nexperia_utils.reporting import save_figure, side_by_side, summary_table, write_table
+from nexperia_utils.reporting import format_fraction_columns, save_figure, side_by_side, summary_table, write_table
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 P = get_profile(profile)
@@ -67,8 +71,8 @@ test = exp.part("test", A.image_size)
 pred = ea.checkpoint_predictions(A, test, crop, device=device)
 y = metrics.is_defect(test.labels, A.negative_index)
 annotations = exp.annotations()
-noisy = ea.noisy_ids(annotations)
-boxes = ea.box_lookup(ea.read_boxes(boxes_csv) if boxes_csv else annotations)
+noisy = ml.noisy_ids(annotations)
+boxes = box_lookup(read_boxes(boxes_csv) if boxes_csv else annotations)
 print(f"{run}, checkpoint of epoch {A.epoch} (val AUC {A.val_auc:.4f}), "
       f"{A.display_name} at {A.image_size} px, predictions with {crop} crop")
 print(f"test part: {len(test)} images, {int(y.sum())} defects; test AUC {metrics.roc_auc(y, pred['defect_score']):.4f}")
@@ -88,7 +92,7 @@ save_figure(fig, exp.figures_dir(), f"07_confusion_{run}")
 display(fig)
 points = ea.operating_points(y, pred["defect_score"])
 atomic_write_csv(exp.tables_dir() / f"07_operating_points_{run}.csv", points)
-display(ea.format_fraction_columns(points, ["tpr", "fpr"]).style.format({"threshold": "{:.4g}"}).hide(axis="index"))
+display(format_fraction_columns(points, ["tpr", "fpr"]).style.format({"threshold": "{:.4g}"}).hide(axis="index"))
 
 # %%
 thresholds = dict(zip(points["operating_point"], points["threshold"]))
@@ -115,14 +119,14 @@ cam_size = int(cam_image_size or max(A.image_size, 128))
 test_cam = exp.part("test", cam_size)
 threshold_991 = thresholds["TPR >= 99.1 %"]
 galleries = {
-    "missed": ea.select_gallery(pred, A.negative_class, "missed", gallery_size, threshold=0.5),
-    "lowest_defects": ea.select_gallery(pred, A.negative_class, "lowest_defects", gallery_size),
-    "highest_good": ea.select_gallery(pred, A.negative_class, "highest_good", gallery_size),
+    "missed": select_gallery(pred, A.negative_class, "missed", gallery_size, threshold=0.5),
+    "lowest_defects": select_gallery(pred, A.negative_class, "lowest_defects", gallery_size),
+    "highest_good": select_gallery(pred, A.negative_class, "highest_good", gallery_size),
 }
-boxes_cam = ea.input_boxes(test_cam, exp.data_root, boxes, cam_size)
+boxes_cam = input_boxes(test_cam.frame, boxes, exp.data_root, cam_size)
 with_box = [i for i, b in enumerate(boxes_cam) if b is not None]
 needed = set(with_box).union(*[set(g.index) for g in galleries.values()])
-heat = ea.compute_gallery_heatmaps(A, test_cam, needed, cam_size, cam_method, device=device)
+heat = compute_gallery_heatmaps(A, test_cam, needed, cam_size, cam_method, device=device)
 if cam_size != A.image_size and len(heat.indices) >= 3:
     cam_scores = metrics.defect_score(predict_proba(A.model, test_cam, cam_size, "center", device=device),
                                       A.negative_index)
@@ -138,7 +142,7 @@ flags.update({i: f"annotated: {truth.loc[i, 'true_class']}" for i in noisy})
 
 # %%
 n_missed = len(pred[(pred["label"] != A.negative_class) & (pred["defect_score"] < 0.5)])
-fig = ea.gallery_figure(galleries["missed"], heat, boxes_cam, columns=gallery_columns, flags=flags,
+fig = gallery_figure(galleries["missed"], heat, boxes_cam, columns=gallery_columns, flags=flags,
                         n_total=len(pred),
                         title=f"Escapes at the default cut: defects with defect score < 0.5 "
                               f"({n_missed} of {int(y.sum())}; lowest first; boxes dashed)")
@@ -147,7 +151,7 @@ fig
 
 # %%
 fpr100 = points.loc[points["operating_point"] == "TPR = 100 %", "fpr"].iloc[0]
-fig = ea.gallery_figure(galleries["lowest_defects"], heat, boxes_cam, columns=gallery_columns, flags=flags,
+fig = gallery_figure(galleries["lowest_defects"], heat, boxes_cam, columns=gallery_columns, flags=flags,
                         n_total=len(pred),
                         title=f"Figure 10: lowest-scoring defects. The first sets the TPR = 100 % threshold "
                               f"({thresholds['TPR = 100 %']:.3g}, FPR {fpr100 * 100:.1f} %); "
@@ -157,7 +161,7 @@ fig
 
 # %%
 n_false_alarms = int(((pred["label"] == A.negative_class) & (pred["defect_score"] >= threshold_991)).sum())
-fig = ea.gallery_figure(galleries["highest_good"], heat, boxes_cam, columns=gallery_columns, flags=flags,
+fig = gallery_figure(galleries["highest_good"], heat, boxes_cam, columns=gallery_columns, flags=flags,
                         n_total=len(pred),
                         title=f"Highest-scoring good images: likely mislabels ({n_false_alarms} good images rejected "
                               f"at TPR >= 99.1 %; annotated boxes of mislabelled defects dashed)")
@@ -176,7 +180,7 @@ fig
 # %%
 groups = (truth.loc[test_cam.frame["image_id"], "true_class"].to_numpy()
           if annotations is not None else test_cam.frame["label"].to_numpy())
-loc_summary, loc_images = ea.localisation_table(heat, boxes_cam, groups, pred["defect_score"].to_numpy())
+loc_summary, loc_images = localisation_table(heat, boxes_cam, groups, pred["defect_score"].to_numpy())
 if loc_summary.loc["all", "n"] == 0:
     print("no test image has a defect box: pass boxes_csv (image_id,x,y,w,h) to score the localisation")
 else:
@@ -184,8 +188,8 @@ else:
     atomic_write_csv(exp.tables_dir() / f"07_localisation_per_image_{run}.csv", loc_images)
     caption = (f"Localisation of {cam_method} heatmaps ({run}, epoch {A.epoch}, {cam_size} px input) on the "
                f"{int(loc_summary.loc['all', 'n'])} test images with a defect box, per annotated class, in %.")
-    loc_table = ea.format_fraction_columns(loc_summary, ["pointing_game", "mass_in_box", "chance"], 1)
-    ea.write_plain_table(loc_table, exp.tables_dir(), f"07_localisation_{run}", caption, index_header="class")
+    loc_table = format_fraction_columns(loc_summary, ["pointing_game", "mass_in_box", "chance"], 1)
+    write_table(loc_table, exp.tables_dir(), f"07_localisation_{run}", caption, index_header="class", row_labels={})
     display(Markdown(caption))
     display(loc_table)
 
@@ -202,23 +206,23 @@ else:
 frames = [pred] + [ea.checkpoint_predictions(A, exp.part(p, A.image_size), crop, device=device)
                    for p in mislabel_parts if p != "test"]
 sat_dir = exp.run_dir(sat_run) if sat_run else (run_dir if A.loss.startswith("sat") else None)
-sat = (ea.sat_train_scores(sat_dir, exp.split, A.negative_class)
+sat = (ml.sat_train_scores(sat_dir, exp.split, A.negative_class)
        if sat_dir is not None and "train" in mislabel_parts else None)
 print(f"SAT state: {sat_dir.name + ' epoch ' + str(sat['sat_epoch'].iloc[0]) if sat is not None else 'none'}")
-ranking = ea.suspected_mislabels(pd.concat(frames, ignore_index=True), A.negative_class, sat)
+ranking = ml.suspected_mislabels(pd.concat(frames, ignore_index=True), A.negative_class, sat)
 atomic_write_csv(exp.outputs / "suspected_mislabels.csv", ranking)
 display(ranking.head(15).style.format(precision=4).hide(axis="index"))
 
 # %%
 K = min(int(top_k_relabel), int((ranking["part"] == "test").sum()))
 if annotations is not None:
-    quality = ea.ranking_quality(ranking, noisy, K)
+    quality = ml.ranking_quality(ranking, noisy, K)
     atomic_write_csv(exp.tables_dir() / f"07_mislabel_ranking_{run}.csv", quality)
     display(Markdown(f"Ranking against the annotations (positives: good-labelled images whose annotated class is a "
                      f"defect), precision and recall at K = {K} and average precision, in %:"))
-    display(ea.format_fraction_columns(quality, ["precision", "recall", "average_precision", "base_rate"], 1)
+    display(format_fraction_columns(quality, ["precision", "recall", "average_precision", "base_rate"], 1)
             .style.format(precision=1).hide(axis="index"))
-    fig = ea.plot_precision_recall_at_k(ranking, noisy, K, title=f"Suspected mislabels vs annotations, {run}")
+    fig = ml.plot_precision_recall_at_k(ranking, noisy, K, title=f"Suspected mislabels vs annotations, {run}")
     save_figure(fig, exp.figures_dir(), f"07_mislabel_precision_recall_{run}")
     display(fig)
 else:
@@ -236,20 +240,20 @@ else:
 
 # %%
 top_ids = ranking[ranking["part"] == "test"].sort_values("rank")["image_id"].head(K).tolist()
-template = ea.corrections_template(ranking, K)
+template = ml.corrections_template(ranking, K)
 atomic_write_csv(exp.outputs / "corrections_template.csv", template)
 if corrections_csv:
-    corrections, source = ea.read_corrections(corrections_csv, A.classes), f"`{corrections_csv}`"
+    corrections, source = ml.read_corrections(corrections_csv, A.classes), f"`{corrections_csv}`"
 elif annotations is not None:
-    corrections, source = ea.corrections_from_annotations(annotations, top_ids), "the synthetic annotations"
+    corrections, source = ml.corrections_from_annotations(annotations, top_ids), "the synthetic annotations"
 else:
     corrections, source = None, None
     print(f"No corrections: fill in {exp.outputs / 'corrections_template.csv'} (column corrected_label) and rerun "
           f"with corrections_csv=<that file>; Table 5 is not written.")
 if corrections is not None:
-    corrected_labels, applied = ea.apply_corrections(test.frame, corrections, top_ids)
+    corrected_labels, applied = ml.apply_corrections(test.frame, corrections, top_ids)
     atomic_write_csv(exp.tables_dir() / "table5_corrections.csv", applied)
-    t5 = ea.relabel_results(A, test, corrected_labels, crop, k_ckpt, device=device)
+    t5 = ml.relabel_results(A, test, corrected_labels, crop, k_ckpt, device=device)
     t5.to_csv(exp.tables_dir() / "table5_checkpoints.csv", index=False)
     table5 = summary_table(t5, columns=("model",))
     origin = "ImageNet-pretrained" if P.weights == "imagenet" else "trained from scratch (no ImageNet weights)"

@@ -1,11 +1,4 @@
-"""Tables in the report's shape, ROC and training-curve figures, atomic writes of both.
-
-Inputs
-------
-Evaluation results are a long DataFrame with one row per (model, crop, checkpoint) evaluation:
-columns ``model`` (display name, e.g. ``"ResNet18"``), ``crop`` (``"center" | "five" | "ten"``),
-``checkpoint``, ``epoch`` and the metric columns :data:`ROW_KEYS` as FRACTIONS in [0, 1]. Other
-grouping columns (e.g. ``loss`` for Table 4) can be named in ``columns``.
+"""Figures of the report: ROC curves, training curves, per-class curves, crop bars; one figure helper.
 
 Training histories are DataFrames with one row per epoch: ``epoch, lr, time_s, train_loss,
 train_acc, train_binary_acc, val_loss, val_acc, val_binary_acc, val_auc, val_fpr@99.1, ...``,
@@ -13,13 +6,13 @@ per-class ``val_acc/<class>`` etc., and possibly ``test_*`` columns. Accuracies,
 fractions; figures show them in percent.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot state, nothing shown):
-notebooks display the returned figure; :func:`save_figure` writes it as PNG atomically.
+:func:`new_figure` is the one way the package makes a figure, notebooks display the returned figure
+and :func:`save_figure` writes it as PNG atomically.
 """
 from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -31,307 +24,20 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from nexperia_utils.errors import DataError
-from nexperia_utils.io import atomic_save_figure, atomic_write_text
-from nexperia_utils.published import ROW_KEYS, ROW_LABELS, format_cell
-
-__all__ = [
-    "CROP_LABELS",
-    "ROW_KEYS",
-    "ROW_LABELS",
-    "plot_crop_bars",
-    "plot_metric_per_epoch",
-    "plot_per_class_curves",
-    "plot_roc",
-    "plot_training_curves",
-    "save_figure",
-    "side_by_side",
-    "summary_table",
-    "summary_values",
-    "to_markdown",
-    "write_summary",
-    "write_table",
-]
+from nexperia_utils.io import atomic_save_figure
+from nexperia_utils.published import ROW_KEYS, ROW_LABELS
+from nexperia_utils.reporting.tables import CROP_LABELS, check_name, order_rank, summary_values
 
 log = logging.getLogger(__name__)
 
-#: Display label of each crop style, in the report's column order.
-CROP_LABELS: dict[str, str] = {"center": "CenterCrop", "five": "FiveCrop", "ten": "TenCrop"}
-
-#: Header of the row-label column in rendered tables (the report's top-left cell).
-INDEX_HEADER = "mean (std) %"
-
 #: TPR thresholds (percent) marked in the ROC inset, matching the FPR rows of the tables.
 _TPR_MARKS_PCT: tuple[float, ...] = (99.1, 99.3, 99.5, 99.7, 100.0)
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-def _check_results(results: pd.DataFrame, columns: Sequence[str]) -> None:
-    """Raise :class:`DataError` unless ``results`` has the group and metric columns, as fractions."""
-    if not isinstance(results, pd.DataFrame):
-        raise DataError(f"results must be a pandas DataFrame, got {type(results).__name__}.")
-    if len(columns) == 0:
-        raise DataError("columns must name at least one grouping column (e.g. ('model', 'crop')).")
-    missing = [c for c in (*columns, *ROW_KEYS) if c not in results.columns]
-    if missing:
-        raise DataError(
-            f"results lacks the column(s) {missing}; it has {list(results.columns)}. Evaluation results "
-            f"need the grouping columns {list(columns)} and the metric columns {list(ROW_KEYS)} "
-            "(fractions in [0, 1]) as written by nexperia_utils.evaluation."
-        )
-    if results.empty:
-        raise DataError("results has no rows: evaluate at least one checkpoint before making a table.")
-    if results[list(columns)].isna().any().any():
-        raise DataError(f"results has missing values in the grouping column(s) {list(columns)}; fill or drop them.")
-    for key in ROW_KEYS:
-        values = pd.to_numeric(results[key], errors="coerce")
-        bad = values.isna() & results[key].notna()
-        if bad.any():
-            raise DataError(f"results column {key!r} holds non-numeric values such as {results[key][bad].iloc[0]!r}.")
-        finite = values.dropna()
-        if ((finite < 0) | (finite > 1 + 1e-9)).any():
-            raise DataError(
-                f"results column {key!r} has values outside [0, 1] (max {finite.max():g}): metrics must be "
-                "fractions, not percentages. Divide by 100 or pass the raw evaluation output."
-            )
-
-
-def _order_rank(column: str, values: pd.Series) -> dict:
-    """Rank of each distinct value: crops in :data:`CROP_LABELS` order, others by first appearance."""
-    distinct = list(dict.fromkeys(values.tolist()))
-    if column == "crop":
-        known = [c for c in CROP_LABELS if c in distinct]
-        distinct = known + [c for c in distinct if c not in CROP_LABELS]
-    return {v: i for i, v in enumerate(distinct)}
-
-
-def _display(column: str, value) -> str:
-    if column == "crop":
-        return CROP_LABELS.get(str(value), str(value))
-    return str(value)
-
-
-def _group_label(columns: Sequence[str], group: tuple) -> str:
-    """``("ResNet18", "center")`` -> ``"ResNet18 / CenterCrop"``."""
-    return " / ".join(_display(c, v) for c, v in zip(columns, group, strict=True))
-
-
-def _default_order(results: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
-    ranks = [_order_rank(c, results[c]) for c in columns]
-    groups = list(dict.fromkeys(map(tuple, results[list(columns)].itertuples(index=False, name=None))))
-    return sorted(groups, key=lambda g: tuple(r[v] for r, v in zip(ranks, g)))
-
-
-def summary_values(results: pd.DataFrame, columns: Sequence[str] = ("model", "crop")) -> pd.DataFrame:
-    """Mean and sample std (ddof=1) in percent of every metric per group of ``columns``.
-
-    Returns a long frame with the group columns, ``metric`` (a :data:`ROW_KEYS` key), ``mean_pct``,
-    ``std_pct`` (NaN where the group has fewer than two finite values) and ``n`` (the number of
-    finite values averaged: NaN metrics, e.g. an undefined AUC, are left out). Groups are ordered
-    by first appearance, crop styles in the report's order (center, five, ten); metrics in
-    :data:`ROW_KEYS` order.
-
-    Raises:
-        DataError: a grouping or metric column is missing, or metrics are not fractions.
-    """
-    columns = list(columns)
-    _check_results(results, columns)
-    order = _default_order(results, columns)
-    parts = {
-        (key if isinstance(key, tuple) else (key,)): frame
-        for key, frame in results.groupby(columns, sort=False, dropna=False)
-    }
-    rows = []
-    for group in order:
-        part = parts[group]
-        for key in ROW_KEYS:
-            values = pd.to_numeric(part[key], errors="coerce").dropna().to_numpy(dtype=float) * 100.0
-            n = int(values.size)
-            mean = float(values.mean()) if n else float("nan")
-            std = float(values.std(ddof=1)) if n > 1 else float("nan")
-            rows.append({**dict(zip(columns, group)), "metric": key, "mean_pct": mean, "std_pct": std, "n": n})
-    return pd.DataFrame(rows, columns=[*columns, "metric", "mean_pct", "std_pct", "n"])
-
-
-def summary_table(
-    results: pd.DataFrame,
-    columns: Sequence[str] = ("model", "crop"),
-    column_order: Sequence[tuple] | None = None,
-) -> pd.DataFrame:
-    """Results in the report's shape: rows :data:`ROW_KEYS`, one column per group, ``"mean (std)"``.
-
-    Cells are percentages with 2 decimals; the std is the sample std (ddof=1) over the group's
-    checkpoints. A group with a single evaluation gets the mean alone (``"99.70"``), as the report
-    prints its single-checkpoint models; a metric with no finite value gets ``"n/a"``.
-
-    Args:
-        results: long evaluation results (see the module docstring), metrics as fractions.
-        columns: grouping columns; the column label joins their values with ``" / "`` (crops shown
-            with :data:`CROP_LABELS`), e.g. ``"ResNet18 / CenterCrop"`` - the labels of
-            :func:`nexperia_utils.published.published_table`.
-        column_order: the groups to show, in order, as tuples of values of ``columns`` (plain values
-            are accepted when grouping by one column). Default: every group, by first appearance
-            with crops in the report's order.
-
-    Returns:
-        A DataFrame of strings, index :data:`ROW_KEYS` named ``"metric"`` (render with
-        :data:`ROW_LABELS`, as :func:`to_markdown` does). Numbers: :func:`summary_values`.
-
-    Raises:
-        DataError: missing columns, metrics not fractions, or a ``column_order`` group not present.
-    """
-    columns = list(columns)
-    values = summary_values(results, columns)
-    present = _default_order(results, columns)
-    if column_order is None:
-        order = present
-    else:
-        order = [tuple(g) if isinstance(g, (tuple, list)) else (g,) for g in column_order]
-        wrong = [g for g in order if len(g) != len(columns)]
-        if wrong:
-            raise DataError(f"column_order entries {wrong} do not have one value per grouping column {columns}.")
-        absent = [g for g in order if g not in set(present)]
-        if absent:
-            raise DataError(f"column_order names group(s) {absent} that are not in results; present: {present}.")
-    keyed = values.set_index([*columns, "metric"])
-    data = {
-        _group_label(columns, group): [
-            format_cell(float(keyed.loc[(*group, key), "mean_pct"]), float(keyed.loc[(*group, key), "std_pct"]))
-            for key in ROW_KEYS
-        ]
-        for group in order
-    }
-    return pd.DataFrame(data, index=pd.Index(ROW_KEYS, name="metric"), dtype=object)
-
-
-def _escape_md(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _column_header(column) -> str:
-    if isinstance(column, tuple):
-        return " ".join(f"({part})" if i else str(part) for i, part in enumerate(column))
-    return str(column)
-
-
-def to_markdown(
-    table: pd.DataFrame,
-    caption: str,
-    row_labels: Mapping[str, str] | None = None,
-    index_header: str = INDEX_HEADER,
-) -> str:
-    """A GitHub-flavoured Markdown table of ``table`` with ``caption`` as a paragraph below.
-
-    Row labels come from ``row_labels`` (default :data:`ROW_LABELS`; unknown index values are shown
-    as they are); two-level columns (:func:`side_by_side`) become ``"ResNet18 (ours)"`` headers.
-    Pipes in cells are escaped.
-    """
-    if not isinstance(table, pd.DataFrame):
-        raise DataError(f"to_markdown needs a DataFrame, got {type(table).__name__}.")
-    labels = ROW_LABELS if row_labels is None else row_labels
-    header = [index_header, *(_column_header(c) for c in table.columns)]
-    lines = [
-        "| " + " | ".join(_escape_md(h) for h in header) + " |",
-        "| " + " | ".join([":---"] + ["---:"] * len(table.columns)) + " |",
-    ]
-    for index, row in table.iterrows():
-        label = labels.get(index, index) if isinstance(index, str) else index
-        cells = ["" if (isinstance(v, float) and math.isnan(v)) else v for v in row.tolist()]
-        lines.append("| " + " | ".join(_escape_md(c) for c in [label, *cells]) + " |")
-    text = "\n".join(lines) + "\n"
-    if caption:
-        text += "\n" + caption.strip() + "\n"
-    return text
-
-
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise DataError(
-            f"Output name {name!r} is not a plain file stem: use letters, digits, '.', '_' or '-' "
-            "(no folders, no spaces), e.g. 'table3'."
-        )
-
-
-def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str,
-                index_header: str = INDEX_HEADER) -> tuple[Path, Path]:
-    """Write ``<name>.csv`` (plain table), ``<name>.md`` (table + caption) and ``<name>.caption.txt``.
-
-    ``index_header`` heads the Markdown table's first column (the row labels).
-
-    Everything is rendered in memory and validated before the first file is written; each file is
-    written atomically (``nexperia_utils.io``). Returns ``(csv_path, md_path)``.
-
-    Raises:
-        DataError: ``table`` is not a non-empty DataFrame or ``name`` is not a plain file stem.
-    """
-    _check_name(name)
-    if not isinstance(table, pd.DataFrame) or table.empty:
-        raise DataError(f"write_table({name!r}) needs a non-empty DataFrame, got {type(table).__name__}.")
-    if not isinstance(caption, str):
-        raise DataError(f"write_table({name!r}): caption must be a string, got {type(caption).__name__}.")
-    csv_text = table.to_csv(index=True)
-    md_text = to_markdown(table, caption, index_header=index_header)
-    out_dir = Path(out_dir)
-    csv_path = atomic_write_text(out_dir / f"{name}.csv", csv_text)
-    md_path = atomic_write_text(out_dir / f"{name}.md", md_text)
-    atomic_write_text(out_dir / f"{name}.caption.txt", caption.strip() + "\n")
-    return csv_path, md_path
-
-
-def write_summary(
-    results: pd.DataFrame,
-    out_dir: Path,
-    name: str,
-    caption: str,
-    columns: Sequence[str] = ("model", "crop"),
-    column_order: Sequence[tuple] | None = None,
-) -> tuple[Path, Path, Path]:
-    """Summarise ``results`` and write the table (:func:`write_table`) and ``<name>_values.csv``.
-
-    The numbers (:func:`summary_values`) are computed, and the inputs validated, before anything
-    is written. Returns ``(csv_path, md_path, values_csv_path)``.
-    """
-    _check_name(name)
-    table = summary_table(results, columns, column_order)
-    values = summary_values(results, columns)
-    values_text = values.to_csv(index=False)
-    csv_path, md_path = write_table(table, out_dir, name, caption)
-    values_path = atomic_write_text(Path(out_dir) / f"{name}_values.csv", values_text)
-    return csv_path, md_path, values_path
-
-
-def side_by_side(ours: pd.DataFrame, published: pd.DataFrame, missing: str = "-") -> pd.DataFrame:
-    """Our table and the report's, with columns ``(column, "ours")`` and ``(column, "report")``.
-
-    Columns are matched by label (use :func:`summary_table`'s labels, which follow the report's);
-    the published columns come first in their order, then columns only we have. Rows follow
-    :data:`ROW_KEYS` where the index uses them. A side without a column or row shows ``missing``.
-    """
-    for what, frame in (("ours", ours), ("published", published)):
-        if not isinstance(frame, pd.DataFrame):
-            raise DataError(f"side_by_side: {what} must be a DataFrame, got {type(frame).__name__}.")
-    columns = list(dict.fromkeys([*published.columns, *ours.columns]))
-    index = list(dict.fromkeys([*published.index, *ours.index]))
-    if set(index) <= set(ROW_KEYS):
-        index = [k for k in ROW_KEYS if k in set(index)]
-    ours_r = ours.reindex(index=index, columns=columns)
-    pub_r = published.reindex(index=index, columns=columns)
-    data = {}
-    for column in columns:
-        data[(column, "ours")] = ours_r[column].where(ours_r[column].notna(), missing)
-        data[(column, "report")] = pub_r[column].where(pub_r[column].notna(), missing)
-    out = pd.DataFrame(data, index=pd.Index(index, name=ours.index.name or published.index.name))
-    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["column", "source"])
-    return out
 
 
 # --------------------------------------------------------------------------------------------
 # Figures: helpers
 # --------------------------------------------------------------------------------------------
-def _new_figure(figsize: tuple[float, float]) -> Figure:
+def new_figure(figsize: tuple[float, float]) -> Figure:
     """A figure not registered with pyplot (so notebooks show it once, when returned)."""
     return Figure(figsize=figsize, layout="constrained")
 
@@ -452,7 +158,7 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str = "
     """
     if not isinstance(curves, Mapping) or not curves:
         raise DataError("plot_roc: pass a non-empty dict label -> (y_defect, score).")
-    fig = _new_figure((12.0, 5.5))
+    fig = new_figure((12.0, 5.5))
     ax, inset = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1.0]})
     colors = _palette(len(curves))
     lo, hi = math.inf, -math.inf
@@ -507,7 +213,7 @@ def plot_training_curves(history: pd.DataFrame, title: str = "") -> Figure:
         ("FPR at TPR = 100 %", "FPR (%)", ("val_fpr@100", "test_fpr@100")),
         ("learning rate", "learning rate", ("lr",)),
     ]
-    fig = _new_figure((13.0, 7.0))
+    fig = new_figure((13.0, 7.0))
     axes = fig.subplots(2, 3, sharex=True).ravel()
     split_colors = {"train": "C0", "val": "C1", "test": "C2", "lr": "C4"}
     for ax, (panel_title, ylabel, cols) in zip(axes, panels):
@@ -589,7 +295,7 @@ def plot_per_class_curves(
             raise DataError(f"plot_per_class_curves: counts lacks the column(s) {need}; it needs train, val, test.")
     ncols = max(1, min(ncols, len(classes)))
     nrows = math.ceil(len(classes) / ncols)
-    fig = _new_figure((2.7 * ncols + 2.2, 2.3 * nrows + 0.6))
+    fig = new_figure((2.7 * ncols + 2.2, 2.3 * nrows + 0.6))
     grid = fig.subplots(nrows, ncols, sharex=True, squeeze=False)
     axes = grid.ravel()
     by_metric = len(histories) == 1 and len(metrics) > 1  # one run: colour by metric instead
@@ -653,7 +359,7 @@ def plot_metric_per_epoch(
     columns = list(columns)
     if not columns:
         raise DataError("plot_metric_per_epoch: name at least one column, e.g. 'val_fpr@100'.")
-    fig = _new_figure((9.0, 5.0))
+    fig = new_figure((9.0, 5.0))
     ax = fig.add_subplot(1, 1, 1)
     colors = _palette(len(histories))
     keys = {_metric_key(c) for c in columns}
@@ -709,11 +415,11 @@ def plot_crop_bars(
     values = summary_values(results, ("model", "crop"))
     values = values[values["metric"] == metric]
     models = list(dict.fromkeys(values["model"]))
-    crop_rank = _order_rank("crop", values["crop"])
+    crop_rank = order_rank("crop", values["crop"])
     crops = sorted(crop_rank, key=crop_rank.get)
     width = 0.8 / len(crops)
     colors = _palette(len(crops))
-    fig = _new_figure((max(6.0, 1.9 * len(models) + 3.0), 4.8))
+    fig = new_figure((max(6.0, 1.9 * len(models) + 3.0), 4.8))
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(models), dtype=float)
     ref_drawn = False
@@ -750,20 +456,8 @@ def plot_crop_bars(
 
 def save_figure(fig: Figure, out_dir: Path, name: str) -> Path:
     """Save ``fig`` as ``<out_dir>/<name>.png`` atomically and close it; returns the path."""
-    _check_name(name)
+    check_name(name)
     try:
         return atomic_save_figure(Path(out_dir) / f"{name}.png", fig)
     finally:
         plt.close(fig)
-
-
-def checkpoint_metrics(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The notebooks' view of an :func:`nexperia_utils.evaluation.evaluate_run` result.
-
-    Returns (one row per checkpoint: epoch, validation AUC, the test metrics as fractions, accuracy,
-    binary accuracy) and (mean and std over the checkpoints of the metrics, in percent, 2 decimals).
-    """
-    keys = list(ROW_KEYS)
-    per_checkpoint = results[["checkpoint", "epoch", "val_auc", *keys, "accuracy", "binary_accuracy"]]
-    mean_std = (results[keys].agg(["mean", "std"]) * 100).round(2)
-    return per_checkpoint, mean_std
