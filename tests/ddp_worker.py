@@ -28,10 +28,10 @@ def train_once(run_dir: Path, world_size: int, loss: str, augment: bool = False,
     SGD rather than AdamW: Adam divides by the gradients' running RMS, which turns float rounding of
     near-zero gradients (a sum over 2 ranks vs over 1 batch) into visible weight differences.
     """
-    from nexperia_utils import models
+    from nexperia_utils import training
     from nexperia_utils.training import train
 
-    models.build_model = groupnorm_resnet18
+    training.build_model = groupnorm_resnet18  # the loop's own reference (it imports build_model by name)
     train_part, val_part = parts()
     params = {"sat_es": 1, "alpha": 0.5} if loss == "sat" else {}
     config = tiny_train_config(epochs=2, batch_size=8, loss=loss, loss_params=params, augment=augment, amp=False,

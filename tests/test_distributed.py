@@ -81,14 +81,14 @@ def test_gather_and_reduce_across_two_ranks(tmp_path):
 @pytest.mark.parametrize("loss", ["ce", "sat"])
 def test_two_processes_train_what_one_process_trains(tmp_path, loss, one_torch_thread):
     """Same global batch of 8 (2 x 4 on two gloo ranks): same weights, history and SAT targets."""
-    from nexperia_utils import models
+    from nexperia_utils import training
 
     one, two = tmp_path / "one", tmp_path / "two"
-    original = models.build_model
+    original = training.build_model
     try:
         ddp_worker.train_once(one, 1, loss)
     finally:
-        models.build_model = original
+        training.build_model = original
     mp.spawn(ddp_worker.train_worker, args=(2, str(tmp_path / "init"), str(two), loss), nprocs=2)
 
     assert json.loads((two / "config.json").read_text())["config"]["world_size"] == 2
