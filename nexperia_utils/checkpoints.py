@@ -75,9 +75,14 @@ def checkpoint_name(epoch: int) -> str:
     return f"epoch_{int(epoch):03d}.pt"
 
 
+def sat_dir(run_dir: Path) -> Path:
+    """``sat/``: the SAT snapshots of a run (SAT losses only)."""
+    return Path(run_dir) / "sat"
+
+
 def sat_snapshot_file(run_dir: Path, epoch: int) -> Path:
     """``sat/epoch_NNN.npz``: the SAT weights and soft targets after ``epoch`` (from 1)."""
-    return Path(run_dir) / "sat" / f"epoch_{int(epoch):03d}.npz"
+    return sat_dir(run_dir) / f"epoch_{int(epoch):03d}.npz"
 
 
 def prediction_file(run_dir: Path, part_name: str, crop: str, epoch: int) -> Path:

@@ -368,7 +368,7 @@ class Heatmaps:
 def compute_gallery_heatmaps(analysis: CheckpointAnalysis, part: SplitData, indices: Iterable[int],
                              image_size: int, method: str = "gradcam", device: str | torch.device = "cpu",
                              batch_size: int = 16) -> Heatmaps:
-    """Grad-CAM heatmaps (:func:`nexperia_utils.compute_heatmaps`) of the defect score for the
+    """Grad-CAM heatmaps (:func:`compute_heatmaps`) of the defect score for the
     images ``indices`` of ``part``, on their centre crops of ``image_size`` (``part`` decoded for that
     size: ``exp.part(name, image_size)``)."""
     indices = np.array(sorted(set(int(i) for i in indices)), dtype=int)
@@ -381,7 +381,7 @@ def compute_gallery_heatmaps(analysis: CheckpointAnalysis, part: SplitData, indi
     dataset = part.dataset(eval_transform(image_size, "center"))
     batch = torch.stack([dataset[int(i)][0] for i in indices])
     maps = compute_heatmaps(analysis.model, batch, analysis.arch, analysis.negative_index,
-                                    method=method, batch_size=batch_size, device=resolve_device(device))
+                            method=method, batch_size=batch_size, device=resolve_device(device))
     return Heatmaps(indices, denormalise(batch), maps, image_size, method)
 
 
@@ -397,7 +397,7 @@ def localisation_table(heatmaps: Heatmaps, boxes: Sequence[tuple | None], groups
 
     Returns:
         ``(summary, per_image)``: ``summary`` has one row per class and ``all``: ``n``,
-        ``pointing_game``, ``mass_in_box`` (:func:`nexperia_utils.localisation_scores`) and
+        ``pointing_game``, ``mass_in_box`` (:func:`localisation_scores`) and
         ``chance`` (the mean share of the image the boxes cover: what a uniform heatmap scores on
         both measures) and ``constant_maps`` (heatmaps without localisation, e.g. all-zero because
         no positive evidence for the defect score was found; they count as misses with no mass);
@@ -424,7 +424,7 @@ def localisation_table(heatmaps: Heatmaps, boxes: Sequence[tuple | None], groups
     for name, part in [*per_image.groupby("class", sort=True), ("all", per_image)]:
         positions = [int(np.flatnonzero(heatmaps.indices == i)[0]) for i in part["index"]]
         scores_ = localisation_scores(heatmaps.maps[positions] if positions else np.zeros((0, 1, 1)),
-                                              [boxes[int(i)] for i in part["index"]])
+                                      [boxes[int(i)] for i in part["index"]])
         summary.append({"class": name, "n": int(scores_["n"]), "pointing_game": scores_["pointing_game"],
                         "mass_in_box": scores_["mass_in_box"],
                         "chance": float(part["box_fraction"].mean()) if len(part) else float("nan"),

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from nexperia_utils import metrics
-from nexperia_utils.checkpoints import checkpoint_dir, read_run_meta
+from nexperia_utils.checkpoints import checkpoint_dir, list_checkpoints, load_checkpoint, read_checkpoint_meta, read_run_meta
 from nexperia_utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,6 @@ def choose_operating_point(run_dir: Path, val_part, test_part=None, target_tpr: 
     from nexperia_utils.io import atomic_write_text
     from nexperia_utils import operating_points
     from nexperia_utils.operating_points import BootstrapConfig, bootstrap_intervals, rates_at_threshold
-    from nexperia_utils.checkpoints import read_checkpoint_meta
 
     _check_settings(target_tpr, review_band)
     run_dir = Path(run_dir)
@@ -198,7 +197,6 @@ def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: b
     """
     from nexperia_utils.dataset import unlabelled_part
     from nexperia_utils.evaluation import checkpoint_fingerprint, predict_proba
-    from nexperia_utils.checkpoints import load_checkpoint, read_checkpoint_meta
 
     folder = Path(folder)
     names, bad = readable_images(folder, skip_bad, progress)
@@ -255,7 +253,6 @@ def _operating_point(args) -> OperatingPoint:
     from nexperia_utils.config import get_profile
     from nexperia_utils.evaluation import checkpoint_fingerprint
     from nexperia_utils.experiment import open_experiment
-    from nexperia_utils.checkpoints import list_checkpoints
 
     entries = list_checkpoints(args.run)
     if not entries:

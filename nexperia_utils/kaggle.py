@@ -82,8 +82,6 @@ def _check_stage(stage: int) -> int:
     return int(stage)
 
 
-
-
 def _expected_layout(stage: int) -> str:
     neg, pos = CLASS_NAMES[stage]
     train = TRAIN_FOLDERS[stage]

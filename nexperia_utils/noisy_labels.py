@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from nexperia_utils.checkpoints import read_run_meta, sat_snapshot_file
+from nexperia_utils.checkpoints import read_run_meta, sat_dir, sat_snapshot_file
 from nexperia_utils.errors import DataError, preview
 from nexperia_utils.reporting.figures import new_figure
 
@@ -82,7 +82,7 @@ class SatSnapshot:
 # --------------------------------------------------------------------------------------------
 def sat_epochs(run_dir: Path) -> list[int]:
     """The (1-based) epochs with a SAT snapshot under ``run_dir/sat``, ascending; empty if none."""
-    folder = sat_snapshot_file(run_dir, 1).parent
+    folder = sat_dir(run_dir)
     if not folder.is_dir():
         return []
     found = (_SNAPSHOT_RE.match(p.name) for p in folder.iterdir())

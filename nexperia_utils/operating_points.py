@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from nexperia_utils import metrics
-from nexperia_utils.checkpoints import checkpoint_dir
+from nexperia_utils.checkpoints import checkpoint_dir, prediction_file, read_checkpoint_meta
 from nexperia_utils.errors import ConfigError
 
 __all__ = ["BootstrapConfig", "rates_at_threshold", "validation_operating_points", "bootstrap_intervals",
@@ -126,9 +126,7 @@ def run_scores(run_dir: Path, part, crop: str = "center", device: str = "auto") 
     The scores come from :func:`nexperia_utils.evaluation.evaluate_run` and its verified prediction
     cache, so nothing already predicted is predicted again.
     """
-    from nexperia_utils.checkpoints import prediction_file
     from nexperia_utils.evaluation import evaluate_run
-    from nexperia_utils.checkpoints import read_checkpoint_meta
 
     run_dir = Path(run_dir)
     row = evaluate_run(run_dir, part, crops=[crop], top_k=1, device=device, progress=False).iloc[0]

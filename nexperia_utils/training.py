@@ -26,19 +26,19 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
+from nexperia_utils import checkpoints as ckpt
 from nexperia_utils import metrics
+from nexperia_utils.checkpoints import TrainResult
 from nexperia_utils.config import Profile
 from nexperia_utils.dataset import SplitData
-from nexperia_utils.errors import ConfigError
-from nexperia_utils import checkpoints as ckpt
-from nexperia_utils.checkpoints import TrainResult
 from nexperia_utils.distributed import (
     RankBatchShard, World, all_reduce_sum, barrier, broadcast_from_main, current_world,
 )
+from nexperia_utils.errors import ConfigError
 from nexperia_utils.evaluation import predict_proba
 from nexperia_utils.losses import build_loss
-from nexperia_utils.models import DISPLAY_NAMES, build_model, resolve_device
 from nexperia_utils.io import atomic_write, atomic_write_csv
+from nexperia_utils.models import DISPLAY_NAMES, build_model, resolve_device
 from nexperia_utils.transforms import AUGMENTATIONS, CROP_STYLES, train_crop_transform
 
 logger = logging.getLogger(__name__)

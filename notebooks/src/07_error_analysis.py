@@ -143,28 +143,28 @@ flags.update({i: f"annotated: {truth.loc[i, 'true_class']}" for i in noisy})
 # %%
 n_missed = len(pred[(pred["label"] != A.negative_class) & (pred["defect_score"] < 0.5)])
 fig = gallery_figure(galleries["missed"], heat, boxes_cam, columns=gallery_columns, flags=flags,
-                        n_total=len(pred),
-                        title=f"Escapes at the default cut: defects with defect score < 0.5 "
-                              f"({n_missed} of {int(y.sum())}; lowest first; boxes dashed)")
+                     n_total=len(pred),
+                     title=f"Escapes at the default cut: defects with defect score < 0.5 "
+                           f"({n_missed} of {int(y.sum())}; lowest first; boxes dashed)")
 save_figure(fig, exp.figures_dir(), f"07_gallery_missed_at_0.5_{run}")
 fig
 
 # %%
 fpr100 = points.loc[points["operating_point"] == "TPR = 100 %", "fpr"].iloc[0]
 fig = gallery_figure(galleries["lowest_defects"], heat, boxes_cam, columns=gallery_columns, flags=flags,
-                        n_total=len(pred),
-                        title=f"Figure 10: lowest-scoring defects. The first sets the TPR = 100 % threshold "
-                              f"({thresholds['TPR = 100 %']:.3g}, FPR {fpr100 * 100:.1f} %); "
-                              f"TPR >= 99.1 % threshold {threshold_991:.3g}")
+                     n_total=len(pred),
+                     title=f"Figure 10: lowest-scoring defects. The first sets the TPR = 100 % threshold "
+                           f"({thresholds['TPR = 100 %']:.3g}, FPR {fpr100 * 100:.1f} %); "
+                           f"TPR >= 99.1 % threshold {threshold_991:.3g}")
 save_figure(fig, exp.figures_dir(), f"07_gallery_lowest_defects_{run}")
 fig
 
 # %%
 n_false_alarms = int(((pred["label"] == A.negative_class) & (pred["defect_score"] >= threshold_991)).sum())
 fig = gallery_figure(galleries["highest_good"], heat, boxes_cam, columns=gallery_columns, flags=flags,
-                        n_total=len(pred),
-                        title=f"Highest-scoring good images: likely mislabels ({n_false_alarms} good images rejected "
-                              f"at TPR >= 99.1 %; annotated boxes of mislabelled defects dashed)")
+                     n_total=len(pred),
+                     title=f"Highest-scoring good images: likely mislabels ({n_false_alarms} good images rejected "
+                           f"at TPR >= 99.1 %; annotated boxes of mislabelled defects dashed)")
 save_figure(fig, exp.figures_dir(), f"07_gallery_highest_good_{run}")
 fig
 
