@@ -10,7 +10,7 @@ global intensity statistics and the PNG file size do not give the class away (se
 The data set is written in the same layout as the real batch-2 data::
 
     <root>/<label>/<image_id>.png      one folder per filed label (the label a loader sees)
-    <root>/annotations.csv             image_id, label, true_class, noisy, severity, x, y, w, h, visibility
+    <root>/annotations.csv             image_id, label, true_class, noisy, severity, x, y, w, h, visibility, batch
 
 ``visibility`` (:func:`defect_visibility`, NaN for ``good``) is model-free: the image and its
 defect-free twin rendered from the same seed differ only by the defect; the peak of their difference
@@ -39,7 +39,13 @@ exported folder, so the whole Kaggle flow can be exercised offline.
 Command line::
 
     python -m nexperia_utils.synthetic --out data/synthetic [--scale 0.1] [--seed 0]
-        [--noise-fraction 0.013] [--overwrite] [--kaggle-stage 1|2 --kaggle-out DIR]
+        [--noise-fraction 0.013] [--batch 2|3] [--overwrite] [--kaggle-stage 1|2 --kaggle-out DIR]
+
+Batch 3 (``--batch 3``, :data:`BATCH_LOOKS`): the same ten classes from another line and time
+(another gain curve, illumination, lens blur, sensor noise, tape texture and a fainter marking)
+plus :data:`BATCH3_NEW_CLASSES`: ``tin_particle`` (foreign material that is tin, its own class) and
+the rare ``camera_glitch`` (cropping issues and torn frames: neither good nor defect). Batch 2's
+images do not change with it (the ``batch`` annotation column is 2 there).
 """
 from __future__ import annotations
 
@@ -85,9 +91,19 @@ CLASS_COUNTS_BATCH2: dict[str, int] = {
 CLASSES: tuple[str, ...] = tuple(sorted(CLASS_COUNTS_BATCH2))
 """The ten class names in image-folder order (``good`` is index 4; look it up by name)."""
 
+BATCHES: tuple[int, ...] = (2, 3)
+"""The production batches the generator renders (batch 2 is the embedded default)."""
+BATCH3_NEW_CLASSES: tuple[str, ...] = ("camera_glitch", "tin_particle")
+"""Batch 3's classes that batch 2 does not have: tin particles (a foreign-material sub-type filed as
+its own class) and the rare camera glitches / cropping issues that are neither good nor defect."""
+TIN_SHARE = 0.45
+"""Share of batch 3's foreign-material images that bear tin particles (filed as ``tin_particle``)."""
+GLITCH_SHARE = 0.004
+"""Camera glitches / cropping issues per image of batch 3 (very rare, as in the report)."""
+
 GOOD = "good"
 ANNOTATION_COLUMNS: tuple[str, ...] = ("image_id", "label", "true_class", "noisy", "severity", "x", "y", "w", "h",
-                                        "visibility")
+                                        "visibility", "batch")
 VISIBILITY_SIZE = 64
 """Model input size at which the ``visibility`` annotation is measured (the quick profile's)."""
 ANNOTATIONS_FILE = "annotations.csv"
@@ -112,6 +128,35 @@ Segment = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
+class BatchLook:
+    """How one production line's camera and carrier tape look: the ranges every image draws from.
+
+    Batch 2's values are the generator's original ones (its images stay byte-identical); batch 3
+    has another gain curve (``gamma``), brighter and more variable illumination, more lens blur and
+    sensor noise, an embossed tape texture and a fainter device marking.
+    """
+
+    gain: tuple[float, float] = (0.78, 1.22)
+    offset: tuple[float, float] = (-14.0, 14.0)
+    blur: tuple[float, float] = (0.45, 1.15)
+    read_noise: tuple[float, float] = (1.2, 4.0)
+    shot: tuple[float, float] = (0.0, 0.12)
+    gamma: tuple[float, float] | None = None
+    """Gain curve ``255 * (v / 255) ** gamma`` after the optics; None: linear (batch 2)."""
+    tape_emboss: float = 0.0
+    """Amplitude (grey levels) of the tape's embossed stripes; 0: none (batch 2)."""
+    marking_contrast: float = 1.0
+    """Marking brightness over the body, relative to batch 2's."""
+
+
+BATCH_LOOKS: dict[int, BatchLook] = {
+    2: BatchLook(),
+    3: BatchLook(gain=(0.95, 1.4), offset=(-2.0, 22.0), blur=(1.0, 1.7), read_noise=(3.0, 6.0), shot=(0.06, 0.2),
+                 gamma=(0.7, 0.85), tape_emboss=7.0, marking_contrast=0.7),
+}
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     """Parameters of a synthetic data set.
 
@@ -126,9 +171,12 @@ class SyntheticConfig:
     height: int = 267
     width: int = 275
     min_per_class: int = 5
+    batch: int = 2
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field."""
+        if self.batch not in BATCHES:
+            raise ConfigError(f"SyntheticConfig.batch={self.batch!r} must be one of {BATCHES}")
         if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0):
             raise ConfigError(f"SyntheticConfig.scale={self.scale!r} must be a positive number "
                               f"(0.1 gives about 3,830 images)")
@@ -154,8 +202,18 @@ def _round_half_up(value: float) -> int:
     return int(math.floor(value + 0.5 + 1e-9))
 
 
-def class_counts(scale: float, min_per_class: int = 5) -> dict[str, int]:
+def batch_classes(batch: int = 2) -> tuple[str, ...]:
+    """The class names of ``batch`` in image-folder order (batch 3 adds :data:`BATCH3_NEW_CLASSES`)."""
+    if batch not in BATCHES:
+        raise ConfigError(f"batch={batch!r} must be one of {BATCHES}")
+    return CLASSES if batch == 2 else tuple(sorted(CLASSES + BATCH3_NEW_CLASSES))
+
+
+def class_counts(scale: float, min_per_class: int = 5, batch: int = 2) -> dict[str, int]:
     """Batch-2 class counts times ``scale``, rounded to nearest (halves up), at least ``min_per_class``.
+
+    Batch 3 files :data:`TIN_SHARE` of the foreign material as ``tin_particle`` and adds
+    :data:`GLITCH_SHARE` of the images as ``camera_glitch``.
 
     >>> class_counts(0.1)["device_flip"], class_counts(0.1)["pocket_damage"]
     (14, 5)
@@ -164,12 +222,19 @@ def class_counts(scale: float, min_per_class: int = 5) -> dict[str, int]:
         raise ConfigError(f"scale={scale!r} must be a positive number")
     if min_per_class < 0:
         raise ConfigError(f"min_per_class={min_per_class!r} must be >= 0")
-    return {name: max(int(min_per_class), _round_half_up(CLASS_COUNTS_BATCH2[name] * scale)) for name in CLASSES}
+    full = dict(CLASS_COUNTS_BATCH2)
+    if batch == 3:
+        foreign = full["foreign_material"]
+        full["tin_particle"] = _round_half_up(TIN_SHARE * foreign)
+        full["foreign_material"] = foreign - full["tin_particle"]
+        full["camera_glitch"] = _round_half_up(GLITCH_SHARE * sum(CLASS_COUNTS_BATCH2.values()))
+    return {name: max(int(min_per_class), _round_half_up(full[name] * scale)) for name in batch_classes(batch)}
 
 
-def image_id(seed: int, index: int) -> str:
+def image_id(seed: int, index: int, batch: int = 2) -> str:
     """The 32-hex id of image ``index`` of the set generated with ``seed`` (like the Kaggle ids)."""
-    return hashlib.md5(f"nexperia-synthetic:{int(seed)}:{int(index)}".encode("ascii")).hexdigest()
+    tag = f"{int(seed)}:{int(index)}" if batch == 2 else f"batch{int(batch)}:{int(seed)}:{int(index)}"
+    return hashlib.md5(f"nexperia-synthetic:{tag}".encode("ascii")).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,7 +524,8 @@ def _pocket_sdf(xx: np.ndarray, yy: np.ndarray, pocket: _Pocket) -> np.ndarray:
 
 
 def _render_background(rng: np.random.Generator, height: int, width: int, k: float, levels: "_Levels",
-                       pocket: _Pocket, dent: tuple[float, float, float, float] | None) -> np.ndarray:
+                       pocket: _Pocket, dent: tuple[float, float, float, float] | None,
+                       look: BatchLook = BATCH_LOOKS[2]) -> np.ndarray:
     """Carrier tape: bright tape surface, sloped lit walls, pocket floor with a recess and a hole."""
     floor, tape = levels.floor, levels.tape
     xx = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
@@ -479,6 +545,10 @@ def _render_background(rng: np.random.Generator, height: int, width: int, k: flo
     img += _smooth_field(rng, (height, width), 7, rng.uniform(2.0, 5.0))
     tape_grain = _smooth_field(rng, (height, width), 30, rng.uniform(1.0, 3.0))
     img += tape_grain * (sdf > pocket.wall)
+    if look.tape_emboss:  # another tape supplier: fine embossed stripes on the tape surface
+        period, ang = rng.uniform(5.0, 8.0) * k, rng.uniform(0, np.pi)
+        stripes = np.sin(2 * np.pi * (xx * math.cos(ang) + yy * math.sin(ang)) / period)
+        img += look.tape_emboss * stripes * (sdf > pocket.wall)
     # Recessed floor step and centre hole of the pocket, both hidden under a present device body.
     recess = _Pocket(centre=pocket.centre, half=(rng.uniform(44, 52) * k, rng.uniform(15, 19) * k),
                      radius=rng.uniform(3, 7) * k, wall=rng.uniform(2.0, 3.5) * k)
@@ -691,6 +761,41 @@ def _draw_particles(img: np.ndarray, rng: np.random.Generator, k: float, severit
     return xs_box, ys_box
 
 
+def _draw_tin(img: np.ndarray, rng: np.random.Generator, k: float, severity: float,
+              spots: list[tuple[float, float, float]]) -> tuple[list[float], list[float]]:
+    """Tin particles at ``spots``: small solder beads, grey metal with a dark rim and a specular highlight.
+
+    Unlike batch 2's particles (flat bright or dark blobs and fibres) every bead is a shaded sphere lit
+    from one side, and they come in small groups.
+    """
+    xs_box: list[float] = []
+    ys_box: list[float] = []
+    light = rng.uniform(0, 2 * np.pi)
+    for x, y, _ in spots:
+        for _bead in range(1 + int(rng.integers(0, 4))):
+            bx, by = x + rng.normal(0, 3.0 * k), y + rng.normal(0, 3.0 * k)
+            radius = (1.6 + 3.4 * severity) * k * rng.uniform(0.75, 1.25)
+            grid = _local_grid(bx - radius - 2, by - radius - 2, bx + radius + 2, by + radius + 2, img.shape)
+            if grid is None:
+                continue
+            rs, cs, xx, yy = grid
+            dist = np.hypot(xx - bx, yy - by)
+            cov = np.clip(radius - dist + 0.5, 0.0, 1.0) * (0.45 + 0.55 * severity)
+            hx, hy = bx + 0.4 * radius * math.cos(light), by + 0.4 * radius * math.sin(light)
+            highlight = np.exp(-((xx - hx) ** 2 + (yy - hy) ** 2) / (2 * (0.3 * radius) ** 2))
+            rim = np.clip(dist / max(radius, 1e-3), 0.0, 1.0) ** 4
+            level = rng.uniform(95, 135) * (1 - 0.6 * rim) + (252 - 95) * highlight
+            img[rs, cs] = img[rs, cs] * (1 - cov) + level * cov
+            rows, cols = np.nonzero(cov > 0.1)
+            if len(cols):
+                xs_box += [cols.min() + cs.start, cols.max() + cs.start + 1]
+                ys_box += [rows.min() + rs.start, rows.max() + rs.start + 1]
+    if not xs_box:  # every bead fell outside the image: keep a valid box
+        x, y, _ = spots[0]
+        xs_box, ys_box = [x], [y]
+    return xs_box, ys_box
+
+
 def _pocket_damage(rng: np.random.Generator, pocket: _Pocket, k: float, severity: float
                    ) -> tuple[tuple[float, float, float, float], tuple[float, float]]:
     """A dent of the pocket wall: (x, y, depth, sigma) and the inward direction."""
@@ -774,8 +879,8 @@ def _scene_levels(rng: np.random.Generator, defect_rng: np.random.Generator, tru
 
 
 def _render_device(img: np.ndarray, rng: np.random.Generator, defect_rng: np.random.Generator, true_class: str,
-                   severity: float, k: float, centre: tuple[float, float], theta: float
-                   ) -> tuple[Box | None, _Device, _Pose]:
+                   severity: float, k: float, centre: tuple[float, float], theta: float,
+                   marking_contrast: float = 1.0) -> tuple[Box | None, _Device, _Pose]:
     """Draw the device (with its defect, if any) onto ``img``; returns the defect box.
 
     ``rng`` draws the device itself in the same order for every class; everything that depends
@@ -806,7 +911,7 @@ def _render_device(img: np.ndarray, rng: np.random.Generator, defect_rng: np.ran
         if true_class == "marking_defect":
             mask, contrast = _defect_marking(mask, segments, defect_rng, k, severity)
             defect_box = (mx0 - 3 * k, my0 - 3 * k, mx1 + 3 * k, my1 + 3 * k)
-        dev.mark_level = dev.body_level + (dev.mark_level - dev.body_level) * contrast
+        dev.mark_level = dev.body_level + (dev.mark_level - dev.body_level) * (contrast * marking_contrast)
         _paint_marking(dev, mask)
     if true_class == "chipping":
         defect_box = _defect_chipping(dev, defect_rng, k, severity)
@@ -856,7 +961,7 @@ def _foreign_spots(img: np.ndarray, rng: np.random.Generator, k: float, severity
 
 
 def render_image(true_class: str, rng: np.random.Generator, severity: float, height: int = 267,
-                 width: int = 275) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+                 width: int = 275, batch: int = 2) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     """Render one image of ``true_class``; returns a ``uint8`` (height, width) array and the defect box.
 
     The box is ``(x, y, w, h)`` in image pixels (x, y = top-left, the box covers columns
@@ -866,19 +971,31 @@ def render_image(true_class: str, rng: np.random.Generator, severity: float, hei
     generator state gives the same pocket, device, pose, lighting and sensor noise, and only the
     defect differs (apart from the pocket levels that keep empty pockets and flipped devices
     from standing out in global statistics).
+
+    ``batch`` selects the production line's look (:data:`BATCH_LOOKS`) and its classes
+    (:func:`batch_classes`); batch 2's images do not depend on the batch-3 code.
     """
-    if true_class not in CLASSES:
-        raise ConfigError(f"unknown class {true_class!r}; expected one of {', '.join(CLASSES)}")
+    classes = batch_classes(batch)
+    if true_class not in classes:
+        raise ConfigError(f"unknown class {true_class!r} for batch {batch}; expected one of {', '.join(classes)}")
     if not (0.0 <= float(severity) <= 1.0):
         raise ConfigError(f"severity={severity!r} must lie in [0, 1]")
     _check_size(height, width)
-    scene, box, camera_rng = _render_scene(true_class, rng, float(severity), height, width)
-    return _camera(scene, camera_rng), box
+    look = BATCH_LOOKS[batch]
+    scene, box, camera_rng = _render_scene(true_class, rng, float(severity), height, width, look)
+    image = _camera(scene, camera_rng, look=look)
+    if true_class == "camera_glitch":
+        image, box = _camera_glitch(image, camera_rng, float(severity))
+    return image, box
 
 
-def _render_scene(true_class: str, rng: np.random.Generator, severity: float, height: int, width: int
+def _render_scene(true_class: str, rng: np.random.Generator, severity: float, height: int, width: int,
+                  look: BatchLook = BATCH_LOOKS[2]
                   ) -> tuple[np.ndarray, tuple[int, int, int, int] | None, np.random.Generator]:
-    """The float scene before the camera model, the defect box and the camera's generator."""
+    """The float scene before the camera model, the defect box and the camera's generator.
+
+    A camera glitch's scene is a good device's (the glitch happens in the camera, after it).
+    """
     k = min(height, width) / 267.0
     scene_rng, device_rng, defect_rng, camera_rng = rng.spawn(4)
 
@@ -891,7 +1008,7 @@ def _render_scene(true_class: str, rng: np.random.Generator, severity: float, he
     levels = _scene_levels(scene_rng, defect_rng, true_class, severity)
     dent, inward = (_pocket_damage(defect_rng, pocket, k, severity) if true_class == "pocket_damage"
                     else (None, (0.0, 0.0)))
-    img = _render_background(scene_rng, height, width, k, levels, pocket, dent)
+    img = _render_background(scene_rng, height, width, k, levels, pocket, dent, look)
 
     centre = (pocket.centre[0] + scene_rng.uniform(-8, 8) * k, pocket.centre[1] + scene_rng.uniform(-7, 7) * k)
     theta = float(np.clip(scene_rng.normal(0, math.radians(1.6)), -math.radians(4.5), math.radians(4.5)))
@@ -901,12 +1018,14 @@ def _render_scene(true_class: str, rng: np.random.Generator, severity: float, he
         bw, bh = 135 * k, (68 + 2 * 27) * k
         box = _canvas_box_to_image(_Pose(theta, (bw / 2, bh / 2), centre), (0.0, 0.0, bw, bh), height, width)
     else:
-        box, dev, pose = _render_device(img, device_rng, defect_rng, true_class, severity, k, centre, theta)
+        box, dev, pose = _render_device(img, device_rng, defect_rng, true_class, severity, k, centre, theta,
+                                        look.marking_contrast)
         body = (dev, pose)
 
-    if true_class == "foreign_material":
+    if true_class in ("foreign_material", "tin_particle"):
         spots = _foreign_spots(img, defect_rng, k, severity, pocket, body)
-        xs, ys = _draw_particles(img, defect_rng, k, severity, spots)
+        draw = _draw_tin if true_class == "tin_particle" else _draw_particles
+        xs, ys = draw(img, defect_rng, k, severity, spots)
         box = _box_from_points(xs, ys, height, width)
     elif true_class == "pocket_damage":
         assert dent is not None
@@ -923,28 +1042,62 @@ def _render_scene(true_class: str, rng: np.random.Generator, severity: float, he
     return img, box, camera_rng
 
 
-def _camera(img: np.ndarray, rng: np.random.Generator, sensor_noise: bool = True) -> np.ndarray:
-    """Lighting (gain, offset, gradient, vignetting), optical blur and sensor noise; to uint8.
+def _camera(img: np.ndarray, rng: np.random.Generator, sensor_noise: bool = True,
+            look: BatchLook = BATCH_LOOKS[2]) -> np.ndarray:
+    """Lighting (gain, offset, gradient, vignetting), optical blur, gain curve and sensor noise; to uint8.
 
     ``sensor_noise=False`` draws the same lighting and blur but adds no noise (the visibility
     measure's noise-free twin).
     """
     height, width = img.shape
-    gain = rng.uniform(0.78, 1.22)
-    offset = rng.uniform(-14, 14)
+    gain = rng.uniform(*look.gain)
+    offset = rng.uniform(*look.offset)
     yy = ((np.arange(height, dtype=np.float32) + 0.5 - height / 2) / (height / 2))[:, None]
     xx = ((np.arange(width, dtype=np.float32) + 0.5 - width / 2) / (width / 2))[None, :]
     ang = rng.uniform(0, 2 * np.pi)
     gradient = rng.uniform(0, 16) * (xx * math.cos(ang) + yy * math.sin(ang))
     vignette = 1.0 - rng.uniform(0.0, 0.18) * (xx ** 2 + yy ** 2) / 2
     img = (img * (gain * vignette) + (offset + gradient)).astype(np.float32)
-    img = ndimage.gaussian_filter(img, rng.uniform(0.45, 1.15), truncate=3.0)
-    read_noise = rng.uniform(1.2, 4.0)
-    shot = rng.uniform(0.0, 0.12)
+    img = ndimage.gaussian_filter(img, rng.uniform(*look.blur), truncate=3.0)
+    if look.gamma is not None:
+        img = (255.0 * (np.clip(img, 0.0, 255.0) / 255.0) ** rng.uniform(*look.gamma)).astype(np.float32)
+    read_noise = rng.uniform(*look.read_noise)
+    shot = rng.uniform(*look.shot)
     if sensor_noise:
         sigma = np.sqrt(read_noise ** 2 + shot * np.maximum(img, 0))
         img += sigma * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _camera_glitch(image: np.ndarray, rng: np.random.Generator, severity: float
+                   ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A camera glitch or cropping issue on a finished frame; returns the frame and the affected box.
+
+    Either the frame is cropped off-centre (a dark band where the sensor saw nothing) or a band of
+    rows is torn sideways with another exposure. ``severity`` sets the band's size.
+    """
+    height, width = image.shape
+    out = image.astype(np.float32)
+    size = 0.15 + 0.25 * severity
+    if rng.random() < 0.5:  # cropping issue: the frame is shifted, one side dark
+        vertical = rng.random() < 0.5
+        n = max(2, int(round(size * (height if vertical else width))))
+        from_start = rng.random() < 0.5
+        axis = 0 if vertical else 1
+        out = np.roll(out, n if from_start else -n, axis=axis)
+        band = (slice(0, n) if from_start else slice(-n, None))
+        index = (band, slice(None)) if vertical else (slice(None), band)
+        out[index] = rng.uniform(4, 18) + rng.normal(0, 2.0, out[index].shape)
+        length = height if vertical else width
+        start = 0 if from_start else length - n
+        box = (0, start, width, n) if vertical else (start, 0, n, height)
+    else:  # torn rows: a band shifted sideways and exposed differently
+        n = max(2, int(round(size * height)))
+        r0 = int(rng.integers(0, height - n + 1))
+        shift = int(round(rng.uniform(0.08, 0.25) * width)) * (1 if rng.random() < 0.5 else -1)
+        out[r0:r0 + n] = np.roll(out[r0:r0 + n], shift, axis=1) * rng.uniform(0.55, 1.5)
+        box = (0, r0, width, n)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), box
 
 
 def _fresh(seed: np.random.SeedSequence) -> np.random.Generator:
@@ -976,7 +1129,7 @@ def visibility_from_images(defect: np.ndarray, twin: np.ndarray, twin_clean: np.
 
 
 def defect_visibility(true_class: str, seed: np.random.SeedSequence, severity: float, input_size: int = 64,
-                      height: int = 267, width: int = 275) -> float:
+                      height: int = 267, width: int = 275, batch: int = 2) -> float:
     """Model-free visibility of the defect of the image that ``seed`` renders (NaN for ``good``).
 
     Renders the image, its defect-free twin from the same seed (same pocket, device, pose, lighting
@@ -984,12 +1137,13 @@ def defect_visibility(true_class: str, seed: np.random.SeedSequence, severity: f
     """
     if true_class == GOOD:
         return float("nan")
-    scene, _, camera = _render_scene(true_class, _fresh(seed), float(severity), height, width)
-    twin_scene, _, twin_camera = _render_scene(GOOD, _fresh(seed), 0.0, height, width)
+    look = BATCH_LOOKS[batch]
+    image, _ = render_image(true_class, _fresh(seed), float(severity), height, width, batch)
+    twin_scene, _, twin_camera = _render_scene(GOOD, _fresh(seed), 0.0, height, width, look)
     clean_camera = np.random.default_rng()
     clean_camera.bit_generator.state = twin_camera.bit_generator.state
-    return visibility_from_images(_camera(scene, camera), _camera(twin_scene.copy(), twin_camera),
-                                  _camera(twin_scene, clean_camera, sensor_noise=False), input_size)
+    return visibility_from_images(image, _camera(twin_scene.copy(), twin_camera, look=look),
+                                  _camera(twin_scene, clean_camera, sensor_noise=False, look=look), input_size)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -1016,15 +1170,17 @@ def plan_dataset(config: SyntheticConfig) -> tuple[pd.DataFrame, list[np.random.
     sequences give each image its own generator.
     """
     config.validate()
-    counts = class_counts(config.scale, config.min_per_class)
-    classes = [name for name in CLASSES for _ in range(counts[name])]
+    counts = class_counts(config.scale, config.min_per_class, config.batch)
+    classes = [name for name in batch_classes(config.batch) for _ in range(counts[name])]
     n = len(classes)
-    plan_seq, images_seq = np.random.SeedSequence(int(config.seed)).spawn(2)
+    entropy = int(config.seed) if config.batch == 2 else [int(config.seed), int(config.batch)]
+    plan_seq, images_seq = np.random.SeedSequence(entropy).spawn(2)
     plan_rng = np.random.default_rng(plan_seq)
     severity = np.array([0.0 if c == GOOD else draw_severity(plan_rng) for c in classes])
     true_class = np.array(classes, dtype=object)
     noisy = np.zeros(n, dtype=bool)
-    defect_idx = np.flatnonzero(true_class != GOOD)
+    # Camera glitches are neither good nor defect: they are never filed under another label.
+    defect_idx = np.flatnonzero((true_class != GOOD) & (true_class != "camera_glitch"))
     n_noisy = _round_half_up(config.noise_fraction * len(defect_idx))
     if n_noisy:
         # Every defect class keeps at least its most severe image under its own label, so no
@@ -1040,11 +1196,12 @@ def plan_dataset(config: SyntheticConfig) -> tuple[pd.DataFrame, list[np.random.
         noisy[chosen] = True
     label = np.where(noisy, GOOD, true_class)
     frame = pd.DataFrame({
-        "image_id": [image_id(config.seed, i) for i in range(n)],
+        "image_id": [image_id(config.seed, i, config.batch) for i in range(n)],
         "label": label.astype(str),
         "true_class": true_class.astype(str),
         "noisy": noisy,
         "severity": np.round(severity, 4),
+        "batch": int(config.batch),
     })
     return frame, images_seq.spawn(n)
 
@@ -1054,7 +1211,7 @@ def _looks_like(root: Path, allowed: Callable[[Path], bool]) -> bool:
 
 
 def _is_synthetic_entry(entry: Path) -> bool:
-    return (entry.is_dir() and entry.name in CLASSES) or entry.name == ANNOTATIONS_FILE
+    return (entry.is_dir() and entry.name in batch_classes(3)) or entry.name == ANNOTATIONS_FILE
 
 
 def _is_kaggle_entry(entry: Path) -> bool:
@@ -1102,10 +1259,10 @@ def _partial_dir(root: Path) -> Path:
 
 def _render_to_file(task: tuple) -> tuple[tuple[int, int, int, int] | None, float]:
     """Render one planned image, write its PNG and return its box and visibility (a worker's job)."""
-    path, true_class, severity, seq, height, width = task
-    image, box = render_image(true_class, np.random.default_rng(seq), severity, height, width)
+    path, true_class, severity, seq, height, width, batch = task
+    image, box = render_image(true_class, np.random.default_rng(seq), severity, height, width, batch)
     Path(path).write_bytes(png_bytes(image))
-    return box, defect_visibility(true_class, seq, severity, VISIBILITY_SIZE, height, width)
+    return box, defect_visibility(true_class, seq, severity, VISIBILITY_SIZE, height, width, batch)
 
 
 def default_workers() -> int:
@@ -1140,7 +1297,7 @@ def generate_dataset(root: Path, config: SyntheticConfig = SyntheticConfig(), ov
         for label in sorted(set(frame["label"])):
             (partial / label).mkdir()
         tasks = [(str(partial / label / f"{iid}{IMAGE_SUFFIX}"), true_class, float(severity), seq,
-                  config.height, config.width)
+                  config.height, config.width, config.batch)
                  for iid, label, true_class, severity, seq in
                  zip(frame["image_id"], frame["label"], frame["true_class"], frame["severity"], seeds)]
         bar = dict(total=len(tasks), disable=not progress, desc=f"synthetic images ({workers} workers)", unit="img")
@@ -1173,12 +1330,19 @@ def read_annotations(root: Path) -> pd.DataFrame:
                         f"`python -m nexperia_utils.synthetic --out {root}`")
     frame = pd.read_csv(path, dtype={"image_id": str, "label": str, "true_class": str},
                         keep_default_na=True)
+    if "batch" not in frame.columns:  # written before batch 3 existed: a batch-2 set
+        frame["batch"] = 2
     missing = [c for c in ANNOTATION_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks the column(s) {', '.join(missing)}; regenerate the data set with --overwrite")
-    unknown = sorted(set(frame["label"]).union(frame["true_class"]) - set(CLASSES))
+    batches = sorted(set(frame["batch"].tolist()))
+    if len(batches) != 1 or batches[0] not in BATCHES:
+        raise DataError(f"{path}: column 'batch' must hold one of {BATCHES} for every image, found {batches}")
+    classes = batch_classes(int(batches[0]))
+    unknown = sorted(set(frame["label"]).union(frame["true_class"]) - set(classes))
     if unknown:
-        raise DataError(f"{path} names unknown class(es) {', '.join(unknown)}; expected {', '.join(CLASSES)}")
+        raise DataError(f"{path} names unknown class(es) {', '.join(unknown)} for batch {batches[0]}; "
+                        f"expected {', '.join(classes)}")
     frame["noisy"] = frame["noisy"].astype(str).str.lower().map({"true": True, "false": False})
     if frame["noisy"].isna().any():
         raise DataError(f"{path}: column 'noisy' must hold True/False")
@@ -1212,13 +1376,13 @@ def matches_config(root: Path, config: SyntheticConfig, n_check: int = 3) -> boo
     expected, seeds = plan_dataset(config)
     if len(existing) != len(expected):
         return False
-    for column in ("image_id", "label", "true_class", "noisy"):
+    for column in ("image_id", "label", "true_class", "noisy", "batch"):
         if not (existing[column].to_numpy() == expected[column].to_numpy()).all():
             return False
     for i in np.unique(np.linspace(0, len(expected) - 1, num=max(1, n_check)).round().astype(int)):
         row = expected.iloc[int(i)]
         image, _ = render_image(row["true_class"], np.random.default_rng(seeds[int(i)]), float(row["severity"]),
-                                config.height, config.width)
+                                config.height, config.width, config.batch)
         if (root / row["label"] / f"{row['image_id']}{IMAGE_SUFFIX}").read_bytes() != png_bytes(image):
             return False
     return True
@@ -1238,7 +1402,7 @@ def _stratified_test(frame: pd.DataFrame, test_fraction: float, seed: int) -> np
     """Boolean mask of test images: per true class round(n * fraction) (at least 1 if n >= 2)."""
     rng = np.random.default_rng(seed)
     is_test = np.zeros(len(frame), dtype=bool)
-    for name in CLASSES:
+    for name in batch_classes(3):  # in a batch-2 set the batch-3 classes are simply absent
         idx = np.flatnonzero(frame["true_class"].to_numpy() == name)
         if len(idx) < 2:
             continue
@@ -1337,6 +1501,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--noise-fraction", type=float, default=SyntheticConfig.noise_fraction,
                         help="fraction of defect images filed under good (default 0.013)")
     parser.add_argument("--min-per-class", type=int, default=SyntheticConfig.min_per_class)
+    parser.add_argument("--batch", type=int, choices=BATCHES, default=SyntheticConfig.batch,
+                        help="production batch: 2 (the default data) or 3 (another line: new look, tin "
+                             "particles, camera glitches)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     parser.add_argument("--kaggle-stage", type=int, choices=(1, 2), help="also export in this Kaggle layout")
     parser.add_argument("--kaggle-out", type=Path, help="folder of the Kaggle export (with --kaggle-stage)")
@@ -1355,7 +1522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--kaggle-stage and --kaggle-out go together")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = SyntheticConfig(scale=args.scale, noise_fraction=args.noise_fraction, seed=args.seed,
-                             min_per_class=args.min_per_class)
+                             min_per_class=args.min_per_class, batch=args.batch)
     try:
         if is_complete(args.out) and not args.overwrite:
             if not matches_config(args.out, config):
