@@ -13,17 +13,22 @@
 - Every PNG/JPEG/BMP file under ``--images`` (recursively) is checked and scored in batches. A bad
   file (truncated, not an image) stops the run with an error naming every bad file and nothing is
   written; with ``--skip-bad`` the others are scored and the bad ones listed (exit status 3).
-- ``decisions.csv``: ``image,defect_score,decision`` (``image`` relative to ``--images``).
+- ``decisions.csv``: ``image,defect_score,decision`` (``image`` relative to ``--images``), with
+  ``--ood METHOD`` (default ``mahalanobis``; ``none`` turns it off) also ``ood_score,unfamiliar``: an
+  image the run's OOD detector (:mod:`nexperia_utils.ood`) finds unfamiliar - a camera glitch, a
+  defect type or a machine the model never saw - goes to ``review`` instead of passing.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -184,8 +189,8 @@ def decide(score: np.ndarray, point: OperatingPoint) -> np.ndarray:
 
 
 def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: bool = False, batch_size: int = 128,
-                 device: str = "auto", progress: bool = True,
-                 backend: str = "torch") -> tuple[pd.DataFrame, list[tuple[str, str]], float]:
+                 device: str = "auto", progress: bool = True, backend: str = "torch",
+                 detector: Callable[[], Any] | None = None) -> tuple[pd.DataFrame, list[tuple[str, str]], float]:
     """Score every image under ``folder``: ``(decisions, bad files, images per second)``.
 
     ``backend``: ``torch`` (the checkpoint, bf16 autocast) or ``onnx`` (its ONNX export on onnxruntime,
@@ -194,6 +199,9 @@ def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: b
     The throughput counts decoding, preprocessing and the forward passes (not the file check).
 
     Bad files raise a :class:`DataError` naming all of them unless ``skip_bad``.
+
+    ``detector``: gives the run's :class:`~nexperia_utils.ood.OodDetector` (called once the images were
+    checked); images it flags that would pass go to ``review`` (columns ``ood_score``, ``unfamiliar``).
     """
     from nexperia_utils.dataset import unlabelled_part
     from nexperia_utils.evaluation import checkpoint_fingerprint, predict_proba
@@ -225,6 +233,16 @@ def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: b
     negative = meta["classes"].index(point.negative_class)
     score = metrics.defect_score(probs, negative)
     decisions = pd.DataFrame({"image": names, "defect_score": score, "decision": decide(score, point)})
+    if detector is not None:
+        from nexperia_utils.ood import logits_and_features
+
+        detector = detector()
+        torch_model = model if backend == "torch" else load_checkpoint(path, device=device)[0]
+        logits, features = logits_and_features(torch_model, part, point.image_size, batch_size, device,
+                                               progress=progress)
+        decisions["ood_score"] = detector.score(logits, features)
+        decisions["unfamiliar"] = decisions["ood_score"] >= detector.threshold
+        decisions.loc[decisions["unfamiliar"] & (decisions["decision"] == "pass"), "decision"] = "review"
     return decisions, bad, len(names) / max(seconds, 1e-9)
 
 
@@ -244,15 +262,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                         help="torch (the checkpoint) or onnx (its ONNX export on onnxruntime, CPU)")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--ood", default="mahalanobis", choices=("none", "max_softmax", "energy", "mahalanobis"),
+                        help="OOD score whose flagged images go to review (default mahalanobis; none: off)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
 
 def _operating_point(args) -> OperatingPoint:
     """The saved operating point when it matches the arguments, else chosen on the run's validation part."""
-    from nexperia_utils.config import get_profile
+    from nexperia_utils.drift import run_experiment
     from nexperia_utils.evaluation import checkpoint_fingerprint
-    from nexperia_utils.experiment import open_experiment
 
     entries = list_checkpoints(args.run)
     if not entries:
@@ -262,12 +281,19 @@ def _operating_point(args) -> OperatingPoint:
                                            checkpoint_fingerprint(entries[0]["path"])):
         logger.info("using the operating point saved in %s", args.run / OPERATING_POINT_FILE)
         return saved
-    profile = args.profile or Path(args.run).resolve().parent.parent.name
-    exp = open_experiment(get_profile(profile), args.data_root or None, progress=not args.no_progress)
+    exp = run_experiment(args.run, args.profile, args.data_root, not args.no_progress)()
     size = int(read_run_meta(Path(args.run))["config"]["image_size"])
     logger.info("choosing the threshold for TPR >= %g on the validation part of %s", args.target_tpr, exp.data_root)
     return choose_operating_point(args.run, exp.part("val", size), exp.part("test", size), args.target_tpr,
                                   args.review_band, args.crop, args.device)
+
+
+def _detector(args) -> Any:
+    """The run's OOD detector for ``--ood`` (fitted on the run's training part on first use)."""
+    from nexperia_utils.drift import run_detector, run_experiment
+
+    experiment = run_experiment(args.run, args.profile, args.data_root, not args.no_progress)
+    return run_detector(args.run, experiment, args.ood, device=args.device, progress=not args.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out.suffix.lower() != ".csv":
             raise ConfigError(f"--out {args.out} must be a .csv file")
         point = _operating_point(args)
+        make_detector = None if args.ood == "none" else functools.partial(_detector, args)
         decisions, bad, speed = score_folder(args.run, point, args.images, args.skip_bad, args.batch_size,
-                                             args.device, progress=not args.no_progress, backend=args.backend)
+                                             args.device, progress=not args.no_progress, backend=args.backend,
+                                             detector=make_detector)
     except (DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -292,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     print(point.summary())
     print(f"{len(decisions)} images scored ({args.backend}) at {speed:.0f} images/s: " +
           ", ".join(f"{counts.get(d, 0)} {d}" for d in DECISIONS) + f" -> {args.out}")
+    if "unfamiliar" in decisions:
+        print(f"{int(decisions['unfamiliar'].sum())} image(s) unfamiliar to the model ({args.ood} OOD score above "
+              f"its validation quantile): sent to review unless rejected")
     if bad:
         print(f"{len(bad)} bad file(s) skipped:\n" + "\n".join(f"  {args.images / n}: {r}" for n, r in bad),
               file=sys.stderr)

@@ -77,7 +77,7 @@ def test_truncated_image_is_named_and_nothing_written_unless_skip_bad(trained, t
     broken.write_bytes((images / sorted(p.name for p in images.iterdir())[0]).read_bytes()[:200])
     out = tmp_path / "decisions.csv"
     args = ["--run", str(run_dir), "--images", str(images), "--out", str(out), "--target-tpr", "1.0",
-            "--review-band", "0.2", "--device", "cpu", "--no-progress"]
+            "--review-band", "0.2", "--device", "cpu", "--no-progress", "--ood", "none"]
     assert inspector.main(args) == 2
     assert "zz_truncated.png: truncated" in capsys.readouterr().err
     assert not out.exists()
