@@ -25,5 +25,5 @@ report: setup
 	$(PY) -m nexperia_utils.run_report --profile $(PROFILE)
 	@echo "Report: $(OUT)/report.html"
 
-all: reproduce-table2 reproduce-table3 reproduce-table4 error-analysis submission
+all: reproduce-table2 reproduce-table3 reproduce-table4 error-analysis reproduce-shift submission
 	$(MAKE) --no-print-directory report

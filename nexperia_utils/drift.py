@@ -8,7 +8,8 @@ checkpoints on first use) and reports:
 * the share of images the detector flags as unfamiliar, against the share expected on familiar
   images (``1 - quantile``: 1 % by default);
 * the shift of the defect-score distribution against the validation part: the two-sample
-  Kolmogorov-Smirnov statistic (scipy) and the change of the median.
+  Kolmogorov-Smirnov test (scipy; drift when p < 0.001 and the statistic is at least 0.1) and the
+  change of the median.
 
 Past either limit (:class:`DriftLimits`) the verdict is ``retrain / adapt`` with the reason; else ``ok``.
 Exit status 0 either way (2: bad input); ``--fail-on-drift`` exits 4 on drift, for a scheduled job.
@@ -37,11 +38,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DriftLimits:
-    """When a folder counts as drifted: flagged share over ``max_flagged_ratio`` x the expected share,
-    or a Kolmogorov-Smirnov statistic of the defect scores over ``max_ks``."""
+    """When a folder counts as drifted.
+
+    Either the flagged share is over ``max_flagged_ratio`` x the expected share, or the defect scores
+    differ from the validation part's by the two-sample Kolmogorov-Smirnov test at ``ks_alpha`` *and*
+    by a statistic of at least ``min_ks`` (so that a very large folder is not flagged for a shift too
+    small to matter).
+    """
 
     max_flagged_ratio: float = 3.0
-    max_ks: float = 0.25
+    ks_alpha: float = 0.001
+    min_ks: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,13 @@ def drift_check(reference_scores: np.ndarray, scores: np.ndarray, unfamiliar: np
     if share > limits.max_flagged_ratio * expected_share:
         reasons.append(f"{share * 100:.1f} % of the images look unfamiliar to the model (expected about "
                        f"{expected_share * 100:.1f} % on images like its training data)")
-    if ks.statistic > limits.max_ks:
+    if ks.pvalue < limits.ks_alpha and ks.statistic >= limits.min_ks:
         reasons.append(f"the defect scores moved away from the validation part's (Kolmogorov-Smirnov "
-                       f"{ks.statistic:.2f} > {limits.max_ks:g}; median {shift:+.3f})")
+                       f"{ks.statistic:.2f}, p = {ks.pvalue:.1e}; median {shift:+.3f})")
     message = ("retrain / adapt: " + "; ".join(reasons) + ". Adapt the BatchNorm statistics, fine-tune on a few "
                "labelled images of this batch, or retrain with it (notebook 09)") if reasons else (
         f"ok: {share * 100:.1f} % unfamiliar (expected about {expected_share * 100:.1f} %), defect scores like the "
-        f"validation part's (Kolmogorov-Smirnov {ks.statistic:.2f})")
+        f"validation part's (Kolmogorov-Smirnov {ks.statistic:.2f}, p = {ks.pvalue:.2g})")
     return DriftReport(len(scores), share, float(expected_share), float(ks.statistic), float(ks.pvalue), shift,
                        bool(reasons), message)
 

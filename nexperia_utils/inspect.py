@@ -16,7 +16,7 @@
 - ``decisions.csv``: ``image,defect_score,decision`` (``image`` relative to ``--images``), with
   ``--ood METHOD`` (default ``mahalanobis``; ``none`` turns it off) also ``ood_score,unfamiliar``: an
   image the run's OOD detector (:mod:`nexperia_utils.ood`) finds unfamiliar - a camera glitch, a
-  defect type or a machine the model never saw - goes to ``review`` instead of passing.
+  defect type or a machine the model never saw - goes to ``review`` (neither passed nor rejected).
 """
 from __future__ import annotations
 
@@ -201,7 +201,9 @@ def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: b
     Bad files raise a :class:`DataError` naming all of them unless ``skip_bad``.
 
     ``detector``: gives the run's :class:`~nexperia_utils.ood.OodDetector` (called once the images were
-    checked); images it flags that would pass go to ``review`` (columns ``ood_score``, ``unfamiliar``).
+    checked); every image it flags goes to ``review`` (columns ``ood_score``, ``unfamiliar``): the score
+    of an image unlike the training data is not to be trusted either way, and a camera glitch is
+    neither good nor a defect (the report's batch 3).
     """
     from nexperia_utils.dataset import unlabelled_part
     from nexperia_utils.evaluation import checkpoint_fingerprint, predict_proba
@@ -242,7 +244,7 @@ def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: b
                                                progress=progress)
         decisions["ood_score"] = detector.score(logits, features)
         decisions["unfamiliar"] = decisions["ood_score"] >= detector.threshold
-        decisions.loc[decisions["unfamiliar"] & (decisions["decision"] == "pass"), "decision"] = "review"
+        decisions.loc[decisions["unfamiliar"], "decision"] = "review"
     return decisions, bad, len(names) / max(seconds, 1e-9)
 
 
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
           ", ".join(f"{counts.get(d, 0)} {d}" for d in DECISIONS) + f" -> {args.out}")
     if "unfamiliar" in decisions:
         print(f"{int(decisions['unfamiliar'].sum())} image(s) unfamiliar to the model ({args.ood} OOD score above "
-              f"its validation quantile): sent to review unless rejected")
+              f"its validation quantile): sent to review")
     if bad:
         print(f"{len(bad)} bad file(s) skipped:\n" + "\n".join(f"  {args.images / n}: {r}" for n, r in bad),
               file=sys.stderr)

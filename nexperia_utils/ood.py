@@ -22,8 +22,10 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy.special import logsumexp, softmax
 from sklearn.covariance import LedoitWolf
@@ -206,3 +208,30 @@ def fit_detector(model: torch.nn.Module, train_part: SplitData, val_part: SplitD
     val_defect = metrics.defect_score(softmax(val_logits, axis=1), negative_index)
     return OodDetector(method, float(np.quantile(val_scores, quantile)), float(quantile), fingerprint, maha,
                        val_defect)
+
+
+def ood_table(model: torch.nn.Module, train_part: SplitData, val_part: SplitData, familiar: SplitData,
+              unfamiliar: Mapping[str, SplitData], image_size: int, quantile: float = 0.99,
+              device: str | torch.device = "cpu", progress: bool = False) -> pd.DataFrame:
+    """Per OOD method: AUROC (percent) of each ``unfamiliar`` group against ``familiar``, and shares flagged.
+
+    The Mahalanobis score is fitted on ``train_part``'s features; every method's threshold is the
+    ``quantile`` of its ``val_part`` scores, as :func:`fit_detector` sets it.
+    """
+    def outputs(part: SplitData) -> tuple[np.ndarray, np.ndarray]:
+        return logits_and_features(model, part, image_size, device=device, progress=progress)
+
+    maha = Mahalanobis.fit(outputs(train_part)[1], train_part.labels)
+    val, fam = outputs(val_part), outputs(familiar)
+    groups = {name: outputs(part) for name, part in unfamiliar.items()}
+    rows = {}
+    for method in OOD_METHODS:
+        threshold = np.quantile(ood_scores(method, *val, maha), quantile)
+        fam_scores = ood_scores(method, *fam, maha)
+        row = {f"flagged {familiar.name}": 100 * float((fam_scores >= threshold).mean())}
+        for name, (logits, features) in groups.items():
+            scores = ood_scores(method, logits, features, maha)
+            row[f"AUROC {name}"] = 100 * ood_auroc(fam_scores, scores)
+            row[f"flagged {name}"] = 100 * float((scores >= threshold).mean())
+        rows[method] = row
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -2,7 +2,8 @@
 
 Reads ``outputs/<profile>/`` and writes ``outputs/<profile>/report.html`` with
 
-* what has been run and what not yet (Tables 2-4, the error analysis, the Kaggle submission),
+* what has been run and what not yet (Tables 2-4, the error analysis, the distribution shift, the Kaggle
+  submission),
 * an index of the trained runs (one row per ``runs/*``: model, loss, data, epochs, training time,
   peak memory, best validation AUC and, when the run was evaluated, its test metrics),
 * every table (``tables/*.md`` rendered; CSV-only tables collapsed), every figure
@@ -60,6 +61,7 @@ EXPECTED_PIECES: tuple[Piece, ...] = (
     Piece("Table 3 (crop styles)", ("tables/table3.md",), "make reproduce-table3"),
     Piece("Table 4 (losses)", ("tables/table4.md",), "make reproduce-table4"),
     Piece("Error analysis", ("notebooks/*error*.ipynb",), "make error-analysis"),
+    Piece("Distribution shift (batch 3)", ("tables/shift.md",), "make reproduce-shift"),
     Piece("Kaggle submission", ("submission.csv",), "make submission"),
 )
 

@@ -22,15 +22,17 @@ image any row trained on, and the rows compare on the same images.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from nexperia_utils import metrics, synthetic
 from nexperia_utils.config import Profile
@@ -38,6 +40,9 @@ from nexperia_utils.dataset import UNLABELLED, SplitData, load_images
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.models import resolve_device
 from nexperia_utils.transforms import eval_transform, resize_size_for, train_transform
+
+if TYPE_CHECKING:
+    from nexperia_utils.checkpoints import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -130,23 +135,23 @@ class ShiftScores:
     defect_score: np.ndarray
 
 
-def score_part(model: torch.nn.Module, part: SplitData, image_size: int, negative_index: int,
-               device: str | torch.device = "cpu", batch_size: int = 128) -> ShiftScores:
-    """Centre-crop defect scores of ``part`` (bf16 autocast, as every table)."""
-    from nexperia_utils.evaluation import predict_proba
+def shift_row(scores: ShiftScores, negative_index: int, threshold: float, n_boot: int = 0,
+              seed: int = 0) -> dict[str, float | str]:
+    """AUC and FPR at each TPR level over the known classes (percent), and the rates at ``threshold``.
 
-    probs = predict_proba(model, part, image_size, "center", batch_size, device)
-    return ShiftScores(part, metrics.defect_score(probs, negative_index))
-
-
-def shift_row(scores: ShiftScores, negative_index: int, threshold: float) -> dict[str, float]:
-    """AUC and FPR at each TPR level over the known classes (percent), and the rates at ``threshold``."""
+    ``n_boot > 0`` adds the AUC's 95 % interval from that many stratified bootstrap resamples.
+    """
     known = scores.part.labels >= 0
     y = scores.part.labels[known] != negative_index
     s = scores.defect_score[known]
     if y.all() or not y.any():
         raise DataError(f"{scores.part.name} needs good and defect images of known classes for an AUC")
-    row = {"AUC": 100 * metrics.roc_auc(y, s)}
+    row: dict[str, float | str] = {"AUC": 100 * metrics.roc_auc(y, s)}
+    if n_boot:
+        from nexperia_utils.operating_points import BootstrapConfig, bootstrap_intervals
+
+        low, high = 100 * bootstrap_intervals(y, s, (), BootstrapConfig(n_boot=n_boot, seed=seed))["auc_interval"]
+        row["AUC 95 % CI"] = f"[{low:.1f}, {high:.1f}]"
     for level in (0.991, 1.0):
         row[metrics.metric_key(level).upper()] = 100 * metrics.fpr_at_tpr(y, s, level)
     row["TPR at val threshold"] = 100 * float((s[y] >= threshold).mean())
@@ -181,7 +186,11 @@ def adapt_batchnorm(model: torch.nn.Module, part: SplitData, image_size: int, ba
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    loader = DataLoader(part.dataset(eval_transform(image_size, "center")), batch_size=batch_size, shuffle=False)
+    if len(part) < 2:
+        raise DataError(f"{part.name} has {len(part)} image(s); AdaBN needs at least 2")
+    # A last batch of one image has no spatial extent left at layer4 for small inputs: it is left out.
+    loader = DataLoader(part.dataset(eval_transform(image_size, "center")), batch_size=batch_size, shuffle=False,
+                        drop_last=len(part) % batch_size == 1)
     for images, _, _ in loader:
         adapted(images.to(device))  # float32: the statistics are averages, no autocast
     for m, momentum in zip(norms, momenta):
@@ -208,18 +217,24 @@ class FineTuneConfig:
 
 def fine_tune(model: torch.nn.Module, part: SplitData, image_size: int, config: FineTuneConfig = FineTuneConfig(),
               device: str | torch.device = "cpu") -> tuple[torch.nn.Module, list[float]]:
-    """A copy of ``model`` fine-tuned on ``part`` (cross entropy); returns it and the mean loss per epoch."""
+    """A copy of ``model`` fine-tuned on ``part`` (cross entropy); returns it and the mean loss per epoch.
+
+    An incomplete last batch is dropped when the part is larger than a batch (a batch of one image
+    cannot train BatchNorm); every image still trains in other epochs (the order is shuffled).
+    """
     from nexperia_utils.training import train_step
 
     config.validate()
     if (part.labels < 0).any():
         raise DataError(f"{part.name} holds unlabelled images; fine-tune on labelled images of known classes")
+    if len(part) < 2:
+        raise DataError(f"{part.name} has {len(part)} image(s); fine-tuning needs at least 2 (BatchNorm)")
     device = resolve_device(device)
     tuned = copy.deepcopy(model).to(device).train()
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     loader = DataLoader(part.dataset(train_transform(image_size, config.augmentation)), batch_size=config.batch_size,
-                        shuffle=True, generator=generator, drop_last=False)
+                        shuffle=True, generator=generator, drop_last=len(part) > config.batch_size)
     optimizer = torch.optim.AdamW(tuned.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor, _indices: torch.Tensor, _epoch: int) -> torch.Tensor:
@@ -235,3 +250,64 @@ def fine_tune(model: torch.nn.Module, part: SplitData, image_size: int, config: 
         losses.append(total / max(seen, 1))
     return tuned.eval(), losses
 
+
+
+Scorer = Callable[[SplitData], np.ndarray]
+"""A model as the shift table sees it: the defect score of every image of a part."""
+
+
+def model_scorer(model: torch.nn.Module, image_size: int, negative_index: int,
+                 device: str | torch.device = "cpu") -> Scorer:
+    """The centre-crop defect scores of ``model`` (bf16 autocast, as every table)."""
+    from nexperia_utils.evaluation import predict_proba
+
+    return lambda part: metrics.defect_score(predict_proba(model, part, image_size, "center", 128, device),
+                                             negative_index)
+
+
+def shift_table(scorers: Mapping[str, Scorer], b2_val: SplitData, b2_test: SplitData, b3_test: SplitData,
+                negative_index: int, level: float = 0.991, n_boot: int = 1000,
+                progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per model: batch-2 test and batch-3 test metrics (percent), and per-class detection rates.
+
+    Each model's threshold is the one reaching TPR ``level`` on the batch-2 validation part, scored by
+    that model (what a line has before it has labelled batch-3 data); the detection table gives the
+    share of each batch-3 test class at or above it (``good``: false alarms; ``camera_glitch``: glitches
+    rejected; ``tin_particle``: tin particles caught). ``n_boot``: resamples of the AUC intervals (0: none).
+    """
+    rows, rates = {}, {}
+    for name, scorer in tqdm(scorers.items(), desc="shift table", disable=not progress):
+        y_val = b2_val.labels != negative_index
+        threshold = metrics.threshold_at_tpr(y_val, scorer(b2_val), level)
+        row = {}
+        for label, part in (("batch 2", b2_test), ("batch 3", b3_test)):
+            scores = ShiftScores(part, scorer(part))
+            metrics_row = shift_row(scores, negative_index, threshold, n_boot)
+            row.update({f"{label} {key}": value for key, value in metrics_row.items()})
+            if label == "batch 3":
+                rates[name] = detection_rates(scores, threshold)
+        rows[name] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    return table, pd.DataFrame.from_dict(rates, orient="index")
+
+
+def share_hash(split_hash: str, share: SplitData) -> str:
+    """The split hash of batch 2's training part plus a batch-3 share (by the share's image ids)."""
+    digest = hashlib.sha256("\n".join(sorted(share.frame["image_id"].astype(str))).encode("utf-8")).hexdigest()
+    return f"{split_hash}+{digest[:16]}"
+
+
+def train_several_batches(exp, share: SplitData, run: str, overwrite: bool = False, **overrides) -> "TrainResult":
+    """Train the profile's ResNet18 from scratch on batch 2's training part plus ``share`` of batch 3.
+
+    Validation (checkpoint choice) stays batch 2's validation part; ``share`` must hold labelled
+    images of the experiment's classes (:func:`few_shot_masks`). A finished run is reused.
+    """
+    from nexperia_utils.training import TrainConfig, train
+
+    if (share.labels < 0).any():
+        raise DataError(f"{share.name} holds images of classes the batch-2 model does not have")
+    config = TrainConfig.from_profile(exp.profile, arch="resnet18", loss="ce", **overrides)
+    combined = concat_parts(exp.part("train", config.image_size), share, "train", share_hash(exp.split_hash, share))
+    return train(config, combined, exp.part("val", config.image_size), exp.classes, exp.negative_class,
+                 combined.split_hash, exp.run_dir(run), overwrite=overwrite, progress=exp.progress)

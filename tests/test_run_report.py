@@ -122,7 +122,8 @@ def test_table_title(stem, title):
 def test_piece_status(fake_outputs):
     status = run_report.piece_status(fake_outputs).set_index("piece")["status"].to_dict()
     assert status == {"Table 2 (models)": "not run yet", "Table 3 (crop styles)": "done", "Table 4 (losses)": "not run yet",
-                      "Error analysis": "not run yet", "Kaggle submission": "done"}
+                      "Error analysis": "not run yet", "Distribution shift (batch 3)": "not run yet",
+                      "Kaggle submission": "done"}
 
 
 def test_build_report(fake_outputs):

@@ -153,11 +153,16 @@ def test_drift_check_says_ok_for_the_same_distribution_and_retrain_for_a_shift()
     assert moved.drifted and "Kolmogorov-Smirnov" in moved.message and moved.message.startswith("retrain / adapt")
     flagged = drift_check(reference, rng.beta(1, 8, size=300), rng.random(300) < 0.2, 0.01, DriftLimits())
     assert flagged.drifted and "unfamiliar" in flagged.message
+    # a significant but tiny shift of a huge folder is not drift; the same shift of the statistic is
+    tiny = drift_check(rng.beta(1, 8, size=200_000), rng.beta(1, 8, size=200_000) + 0.005,
+                       np.zeros(200_000, bool), 0.01)
+    assert tiny.ks_pvalue < 0.001 and tiny.ks_statistic < 0.1 and not tiny.drifted
     with pytest.raises(DataError):
         drift_check(reference, [], [], 0.01)
 
 
 def test_inspector_routes_unfamiliar_images_to_review(tmp_path):
+    """Every image the OOD detector flags goes to review, whatever its defect score; the others keep theirs."""
     train_part, val = make_part("train", 36, 0), make_part("val", 24, 1)
     run_dir = tmp_path / "run"
     train(tiny_train_config(epochs=1, top_k=1), train_part, val, CLASSES, "good", "h", run_dir, progress=False)
@@ -173,8 +178,7 @@ def test_inspector_routes_unfamiliar_images_to_review(tmp_path):
     everything_unfamiliar = ood.OodDetector("energy", -np.inf, 0.99, "")
     routed, _, _ = inspector.score_folder(run_dir, point, folder, device="cpu", progress=False,
                                           detector=lambda: everything_unfamiliar)
-    assert routed["unfamiliar"].all() and not (routed["decision"] == "pass").any()
-    assert (routed["decision"] == plain["decision"].replace("pass", "review")).all()
+    assert routed["unfamiliar"].all() and (routed["decision"] == "review").all()
     assert np.allclose(routed["defect_score"], plain["defect_score"])
     nothing_unfamiliar = ood.OodDetector("energy", np.inf, 0.99, "")
     same, _, _ = inspector.score_folder(run_dir, point, folder, device="cpu", progress=False,
