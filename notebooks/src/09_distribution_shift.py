@@ -69,9 +69,9 @@ b3_root = shift.prepare_batch(P, seed=seed, progress=exp.progress)
 b3 = shift.batch_part(b3_root, exp.classes, size, cache_dir(), exp.progress)
 pools, test_mask = shift.few_shot_masks(b3, shots, seed)
 b3_test = shift.subset(b3, test_mask, "batch3_test")
-counts = pd.DataFrame({f"k={k}": b3.frame[pools[k]]["label"].value_counts() for k in sorted(pools)})
-counts["test"] = b3_test.frame["label"].value_counts()
-display(counts.fillna(0).astype(int))
+columns = {f"k={k}": b3.frame[pools[k]]["label"].value_counts() for k in sorted(pools)}
+columns["test"] = b3_test.frame["label"].value_counts()
+display(pd.concat(columns, axis=1).fillna(0).astype(int).rename_axis("filed label"))
 
 # %% [markdown]
 # ## The models of the table
