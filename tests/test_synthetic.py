@@ -203,7 +203,7 @@ def test_interrupted_run_leaves_no_complete_root(tmp_path: Path, monkeypatch: py
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_image", failing)
+    monkeypatch.setattr(synthetic.generate, "render_image", failing)
     root = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(root, TINY, progress=False)
