@@ -58,7 +58,7 @@ test: setup
 DATA_OUT ?= data/synthetic
 SCALE ?= 0.1
 data: setup
-	$(PY) -m nexperia_utils.synthetic --out $(DATA_OUT) --scale $(SCALE) --seed $(SEED)
+	$(PY) -m nexperia_utils.data.synthetic --out $(DATA_OUT) --scale $(SCALE) --seed $(SEED)
 
 $(NB_OUT):
 	mkdir -p $@
@@ -78,7 +78,7 @@ reproduce-table3: baselines
 
 BENCH_ARCH ?= resnet18
 bench: setup
-	$(PY) -m nexperia_utils.bench --profile $(PROFILE) --arch $(BENCH_ARCH)
+	$(PY) -m nexperia_utils.training.bench --profile $(PROFILE) --arch $(BENCH_ARCH)
 
 clean-outputs:
 	rm -rf outputs/$(PROFILE)

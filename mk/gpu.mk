@@ -12,7 +12,7 @@ GPU_CHECK_ARGS ?=
 .PHONY: train gpu-check
 
 train: setup
-	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC_PER_NODE) -m nexperia_utils.distributed \
+	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC_PER_NODE) -m nexperia_utils.training.distributed \
 		--profile $(PROFILE) --arch $(ARCH) --loss $(LOSS) $(if $(DATA_DIR),--data-root "$(DATA_DIR)") $(TRAIN_ARGS)
 
 gpu-check: setup

@@ -1,4 +1,4 @@
-# The line inspector (nexperia_utils/inspect.py): score a folder of new images with a trained run.
+# The line inspector (nexperia_utils/line/inspect.py): score a folder of new images with a trained run.
 #   make inspect IMAGES=/path/to/images [RUN=outputs/quick/runs/resnet18-ce] [TARGET_TPR=0.997]
 #                [REVIEW_BAND=0.02] [DECISIONS=$(OUT)/decisions.csv] [INSPECT_FLAGS=--skip-bad]
 # The threshold is chosen on the run's validation part (DATA_DIR: the data the run was trained on)
@@ -14,6 +14,6 @@ INSPECT_FLAGS ?=
 
 inspect: setup
 	@test -n "$(IMAGES)" || { echo "error: pass IMAGES=<folder of images to inspect>"; exit 2; }
-	$(PY) -m nexperia_utils.inspect --run $(RUN) --images "$(IMAGES)" --out $(DECISIONS) \
+	$(PY) -m nexperia_utils.line.inspect --run $(RUN) --images "$(IMAGES)" --out $(DECISIONS) \
 		--target-tpr $(TARGET_TPR) --review-band $(REVIEW_BAND) --profile $(PROFILE) --data-root "$(DATA_DIR)" \
 		$(INSPECT_FLAGS)

@@ -16,5 +16,5 @@ reproduce-shift: baseline-resnet18 | $(NB_OUT)
 
 drift: setup
 	@test -n "$(IMAGES)" || { echo "error: pass IMAGES=<folder of new images>"; exit 2; }
-	$(PY) -m nexperia_utils.drift --run $(RUN) --images "$(IMAGES)" --profile $(PROFILE) --data-root "$(DATA_DIR)" \
+	$(PY) -m nexperia_utils.line.drift --run $(RUN) --images "$(IMAGES)" --profile $(PROFILE) --data-root "$(DATA_DIR)" \
 		$(DRIFT_FLAGS)

@@ -22,7 +22,7 @@ submission: setup | $(NB_OUT)
 	@echo "Submission: $(OUT)/submission.csv"
 
 report: setup
-	$(PY) -m nexperia_utils.run_report --profile $(PROFILE)
+	$(PY) -m nexperia_utils.reporting.html --profile $(PROFILE)
 	@echo "Report: $(OUT)/report.html"
 
 all: reproduce-table2 reproduce-table3 reproduce-table4 error-analysis reproduce-shift submission

@@ -72,7 +72,7 @@ class Profile:
     seed: int = 0
     #: training augmentation: "report" (section 3.1) or "flip" (light, for short from-scratch runs)
     augmentation: str = "report"
-    #: "imagenet" (the report) or "image" (per-image standardisation, see nexperia_utils.models)
+    #: "imagenet" (the report) or "image" (per-image standardisation, see nexperia_utils.models.builders)
     input_norm: str = "imagenet"
     #: training sampler of the plain runs: "none" (shuffle) or "binary" (half good, half defects)
     sampler: str = "none"
@@ -82,7 +82,7 @@ class Profile:
     @property
     def resize_size(self) -> int:
         """Shorter side after resizing, keeping the report's 255 -> 224 ratio."""
-        from nexperia_utils.transforms import resize_size_for
+        from nexperia_utils.data.transforms import resize_size_for
 
         return resize_size_for(self.image_size)
 

@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 
 from nexperia_utils.config import Profile, resolve_path, workdir
-from nexperia_utils.dataset import SplitData, load_split_part
+from nexperia_utils.data.dataset import SplitData, load_split_part
 from nexperia_utils.errors import DataError
-from nexperia_utils.transforms import resize_size_for
+from nexperia_utils.data.transforms import resize_size_for
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def prepare_data(profile: Profile, data_root: str | Path | None = None, seed: in
 
     A user-given root is never written to: it must already hold a data set.
     """
-    from nexperia_utils import synthetic
+    from nexperia_utils.data import synthetic
 
     default = profile.data_root()
     root = default if data_root in (None, "") else resolve_path(data_root)
@@ -115,8 +115,8 @@ def open_experiment(profile: Profile, data_root: str | Path | None = None, split
     ``split_csv`` reads (or writes) the split at that file instead of the default one for
     ``split_seed`` (the training processes of a distributed run open their parent's split).
     """
-    from nexperia_utils.data import load_dataset
-    from nexperia_utils.split import default_split_path, load_or_create_split, split_hash
+    from nexperia_utils.data.folders import load_dataset
+    from nexperia_utils.data.split import default_split_path, load_or_create_split, split_hash
 
     root = prepare_data(profile, data_root, progress=progress)
     manifest_path = resolve_path(manifest) if manifest else None
@@ -147,11 +147,11 @@ def train_model(exp: Experiment, arch: str, loss: str = "ce", overwrite: bool = 
 
     ``world_size > 1`` trains on that many local processes (one per GPU, or gloo on the CPU) with
     ``torchrun`` and DistributedDataParallel; the batch size stays the global one. Called inside such
-    a process (``python -m nexperia_utils.distributed`` under torchrun) it trains this rank's share.
+    a process (``python -m nexperia_utils.training.distributed`` under torchrun) it trains this rank's share.
     """
-    from nexperia_utils.distributed import current_world, launch, worker_arguments
-    from nexperia_utils.training import TrainConfig, train
-    from nexperia_utils.checkpoints import load_result
+    from nexperia_utils.training.distributed import current_world, launch, worker_arguments
+    from nexperia_utils.training.loop import TrainConfig, train
+    from nexperia_utils.training.checkpoints import load_result
 
     config = TrainConfig.from_profile(exp.profile, arch=arch, loss=loss, world_size=world_size, **overrides)
     name = run or run_name(arch, loss, config.train_crop, config.weights)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nexperia_utils.dataset import SplitData
+from nexperia_utils.data.dataset import SplitData
 
 CLASSES = ["chipping", "good", "scratch"]
 
@@ -70,7 +70,7 @@ def make_part(name: str, n: int, seed: int, size: int = 36) -> SplitData:
 
 def tiny_train_config(**overrides):
     """A training config for the in-memory parts of :func:`make_part`: ResNet18 at 32 px on the CPU."""
-    from nexperia_utils.training import TrainConfig
+    from nexperia_utils.training.loop import TrainConfig
 
     base = dict(arch="resnet18", epochs=3, batch_size=8, lr=0.05, image_size=32, top_k=2, device="cpu",
                 eval_batch_size=32, scheduler="cosine")

@@ -28,8 +28,8 @@ def train_once(run_dir: Path, world_size: int, loss: str, augment: bool = False,
     SGD rather than AdamW: Adam divides by the gradients' running RMS, which turns float rounding of
     near-zero gradients (a sum over 2 ranks vs over 1 batch) into visible weight differences.
     """
-    from nexperia_utils import training
-    from nexperia_utils.training import train
+    from nexperia_utils.training import loop as training
+    from nexperia_utils.training.loop import train
 
     training.build_model = groupnorm_resnet18  # the loop's own reference (it imports build_model by name)
     train_part, val_part = parts()
@@ -56,7 +56,7 @@ def train_worker(rank: int, world_size: int, init_file: str, run_dir: str, loss:
 
 def primitives_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     """all_gather_rows with a different row count per rank, and all_reduce_sum."""
-    from nexperia_utils.distributed import all_gather_rows, all_reduce_sum, current_world
+    from nexperia_utils.training.distributed import all_gather_rows, all_reduce_sum, current_world
 
     _init(rank, world_size, init_file)
     try:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nexperia_utils import checkpoints as ckpt
+from nexperia_utils.training import checkpoints as ckpt
 from nexperia_utils.errors import ConfigError, DataError
 
 

@@ -1,4 +1,4 @@
-"""Tests of nexperia_utils.data: folder-per-class, manifest and Kaggle readers and their checks."""
+"""Tests of nexperia_utils.data.folders: folder-per-class, manifest and Kaggle readers and their checks."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nexperia_utils.data import (
+from nexperia_utils.data.folders import (
     IMAGE_EXTENSIONS,
     class_names,
     find_bad_images,
@@ -141,7 +141,7 @@ def test_unsupported_extensions_are_listed_and_skip_bad_drops_them(tmp_path, cap
         scan_image_folder(root)
     assert "good/notes.txt" in str(error.value) and "scratch/image.gif" in str(error.value)
 
-    with caplog.at_level(logging.WARNING, logger="nexperia_utils.data"):
+    with caplog.at_level(logging.WARNING, logger="nexperia_utils.data.folders"):
         frame = scan_image_folder(root, skip_bad=True)
     assert len(frame) == 3
     assert "good/notes.txt" in caplog.text
@@ -205,7 +205,7 @@ def test_skip_bad_drops_bad_images_with_a_warning_that_lists_them(tmp_path, capl
     root = make_tree(tmp_path / "data", {"good": 3, "scratch": 2})
     write_truncated_png(root / "scratch" / "cut.png")
     (root / "good" / "empty.png").write_bytes(b"")
-    with caplog.at_level(logging.WARNING, logger="nexperia_utils.data"):
+    with caplog.at_level(logging.WARNING, logger="nexperia_utils.data.folders"):
         frame = scan_image_folder(root, skip_bad=True)
     assert len(frame) == 5
     assert not frame["path"].isin(["scratch/cut.png", "good/empty.png"]).any()
@@ -348,7 +348,7 @@ def test_manifest_duplicates_and_bad_images(tmp_path, caplog):
     manifest = write_manifest(tmp_path / "m2.csv", [("good/good_1.png", "good"), ("good/cut.png", "good")])
     with pytest.raises(DataError, match="good/cut.png: truncated"):
         read_manifest(manifest, root)
-    with caplog.at_level(logging.WARNING, logger="nexperia_utils.data"):
+    with caplog.at_level(logging.WARNING, logger="nexperia_utils.data.folders"):
         frame = read_manifest(manifest, root, skip_bad=True)
     assert list(frame["path"]) == ["good/good_1.png"] and "good/cut.png" in caplog.text
 

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nexperia_utils.dataset import ImageArrayDataset, encode_labels, load_images, load_split_part
+from nexperia_utils.data.dataset import ImageArrayDataset, encode_labels, load_images, load_split_part
 from nexperia_utils.errors import DataError
-from nexperia_utils.transforms import eval_transform
+from nexperia_utils.data.transforms import eval_transform
 
 
 @pytest.fixture()

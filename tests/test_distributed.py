@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 import ddp_worker
-from nexperia_utils.distributed import RankBatchShard, World, _parse_overrides, worker_arguments
+from nexperia_utils.training.distributed import RankBatchShard, World, _parse_overrides, worker_arguments
 from nexperia_utils.errors import ConfigError
 
 
@@ -60,7 +60,7 @@ def test_worker_arguments_round_trip():
 
 def test_a_multi_process_config_refuses_to_train_on_one(tmp_path):
     from conftest import CLASSES, make_part, tiny_train_config
-    from nexperia_utils.training import train
+    from nexperia_utils.training.loop import train
 
     with pytest.raises(ConfigError, match="world_size=2"):
         train(tiny_train_config(world_size=2), make_part("train", 12, 1), make_part("val", 6, 2), CLASSES, "good",
@@ -81,7 +81,7 @@ def test_gather_and_reduce_across_two_ranks(tmp_path):
 @pytest.mark.parametrize("loss", ["ce", "sat"])
 def test_two_processes_train_what_one_process_trains(tmp_path, loss, one_torch_thread):
     """Same global batch of 8 (2 x 4 on two gloo ranks): same weights, history and SAT targets."""
-    from nexperia_utils import training
+    from nexperia_utils.training import loop as training
 
     one, two = tmp_path / "one", tmp_path / "two"
     original = training.build_model

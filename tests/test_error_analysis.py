@@ -1,4 +1,4 @@
-"""Unit tests of nexperia_utils.error_analysis: operating points, ranking, precision/recall, corrections
+"""Unit tests of nexperia_utils.analysis.interpretation: operating points, ranking, precision/recall, corrections
 (Table 5 relabelling), SAT state, boxes, localisation table and embeddings."""
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from nexperia_utils import boxes as bx
-from nexperia_utils import error_analysis as ea
-from nexperia_utils import explain
-from nexperia_utils import galleries as gal
-from nexperia_utils import mislabels as ml
-from nexperia_utils import metrics
+from nexperia_utils.data import boxes as bx
+from nexperia_utils.analysis import interpretation as ea
+from nexperia_utils.analysis import explain
+from nexperia_utils.analysis import galleries as gal
+from nexperia_utils.analysis import mislabels as ml
+from nexperia_utils.evaluation import metrics
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.models import build_model, classifier_head
+from nexperia_utils.models.builders import build_model, classifier_head
 
 from conftest import CLASSES, make_part
 
@@ -278,7 +278,7 @@ def test_penultimate_features_shape(arch: str, dim: int) -> None:
     assert not head._forward_pre_hooks  # hook removed
     # the features are what the head sees: applying it gives the model's logits
     model.eval()
-    from nexperia_utils.transforms import eval_transform
+    from nexperia_utils.data.transforms import eval_transform
 
     batch = torch.stack([part.dataset(eval_transform(32))[i][0] for i in range(5)])
     with torch.no_grad():
@@ -325,7 +325,7 @@ def test_figures_build() -> None:
 # --------------------------------------------------------------------------- a tiny trained run: Table 5
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from nexperia_utils.training import TrainConfig, train
+    from nexperia_utils.training.loop import TrainConfig, train
 
     parts = make_part("train", 24, 0), make_part("val", 12, 1), make_part("test", 12, 2)
     config = TrainConfig(arch="resnet18", epochs=2, batch_size=8, lr=0.05, image_size=32, top_k=2, device="cpu",
@@ -355,7 +355,7 @@ def test_open_checkpoint_and_cached_predictions(tiny_run) -> None:
 
 def test_relabel_results_table5(tiny_run) -> None:
     from nexperia_utils.reporting import summary_table
-    from nexperia_utils.checkpoints import load_checkpoint
+    from nexperia_utils.training.checkpoints import load_checkpoint
 
     run_dir, (_, _, test) = tiny_run
     analysis = ea.open_checkpoint(run_dir, "best")
@@ -368,8 +368,8 @@ def test_relabel_results_table5(tiny_run) -> None:
     assert len(results) == 4 and results["labels"].tolist() == ["original"] * 2 + ["corrected"] * 2
     assert set(results["model"]) == {"ResNet18", "ResNet18 (corrected)"}
     # each row equals metrics.summarize of that checkpoint's probabilities with those labels
-    from nexperia_utils.dataset import encode_labels
-    from nexperia_utils.evaluation import predict_proba
+    from nexperia_utils.data.dataset import encode_labels
+    from nexperia_utils.evaluation.predict import predict_proba
 
     for row in results.itertuples():
         entry = [e for e in analysis.top_k_entries if e["epoch"] == row.epoch][0]

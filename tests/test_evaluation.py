@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nexperia_utils import metrics
+from nexperia_utils.evaluation import metrics
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.checkpoints import prediction_file
-from nexperia_utils.evaluation import evaluate_run
-from nexperia_utils.operating_points import BootstrapConfig, run_operating_points
-from nexperia_utils.training import TrainConfig, train
-from nexperia_utils.checkpoints import list_checkpoints
+from nexperia_utils.training.checkpoints import prediction_file
+from nexperia_utils.evaluation.predict import evaluate_run
+from nexperia_utils.evaluation.operating_points import BootstrapConfig, run_operating_points
+from nexperia_utils.training.loop import TrainConfig, train
+from nexperia_utils.training.checkpoints import list_checkpoints
 
 from conftest import CLASSES, make_part, tiny_train_config
 
@@ -70,7 +70,7 @@ def test_cached_predictions_are_reused_only_for_the_same_weights_and_images(run,
     # a cache written by other weights (tampered scores, other fingerprint) is not read back
     forged = frame.assign(checkpoint="0" * 16, p_good=1.0, p_chipping=0.0, p_scratch=0.0)
     forged.to_csv(cache, index=False)
-    with caplog.at_level(logging.WARNING, logger="nexperia_utils.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="nexperia_utils.evaluation.predict"):
         again = evaluate_run(run_dir, test, progress=False)
     assert "written by other weights" in caplog.text
     assert again["auc"].iloc[0] == first["auc"].iloc[0]
@@ -80,7 +80,7 @@ def test_cached_predictions_are_reused_only_for_the_same_weights_and_images(run,
     shuffled = frame.iloc[::-1]
     shuffled.to_csv(cache, index=False)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="nexperia_utils.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="nexperia_utils.evaluation.predict"):
         again = evaluate_run(run_dir, test, progress=False)
     assert "lists other images" in caplog.text
     assert again["auc"].iloc[0] == first["auc"].iloc[0]

@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision import transforms
 
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.explain import (
+from nexperia_utils.analysis.explain import (
     DefectScoreTarget,
     compute_heatmaps,
     heatmaps_to_input_space,
@@ -22,7 +22,7 @@ from nexperia_utils.explain import (
     pointing_game,
     target_layers,
 )
-from nexperia_utils.models import ARCHITECTURES, build_model
+from nexperia_utils.models.builders import ARCHITECTURES, build_model
 
 NEGATIVE = 4  # index of "good" in the 10-class order; looked up by name in real code
 

@@ -6,12 +6,12 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from nexperia_utils import inspect as inspector  # noqa: E402
-from nexperia_utils import metrics  # noqa: E402
-from nexperia_utils.evaluation import predict_proba  # noqa: E402
-from nexperia_utils.export import OnnxModel, export_onnx, onnx_path_for, parity  # noqa: E402
-from nexperia_utils.training import train  # noqa: E402
-from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
+from nexperia_utils.line import inspect as inspector  # noqa: E402
+from nexperia_utils.evaluation import metrics  # noqa: E402
+from nexperia_utils.evaluation.predict import predict_proba  # noqa: E402
+from nexperia_utils.line.export import OnnxModel, export_onnx, onnx_path_for, parity  # noqa: E402
+from nexperia_utils.training.loop import train  # noqa: E402
+from nexperia_utils.training.checkpoints import list_checkpoints, load_checkpoint
 
 from conftest import CLASSES, make_part, tiny_train_config  # noqa: E402
 

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nexperia_utils import inspect as inspector
+from nexperia_utils.line import inspect as inspector
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.checkpoints import prediction_file
-from nexperia_utils.evaluation import evaluate_run
-from nexperia_utils.training import TrainConfig, train
+from nexperia_utils.training.checkpoints import prediction_file
+from nexperia_utils.evaluation.predict import evaluate_run
+from nexperia_utils.training.loop import TrainConfig, train
 
 from conftest import CLASSES, make_part
 

@@ -1,4 +1,4 @@
-"""Tests for nexperia_utils.kaggle: layouts of both competitions, submissions, scoring."""
+"""Tests for nexperia_utils.kaggle.layouts: layouts of both competitions, submissions, scoring."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nexperia_utils import kaggle
+from nexperia_utils.kaggle import layouts as kaggle
 from nexperia_utils.errors import ConfigError, DataError
 
 STAGE1_TEST_IDS = ["0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210", "00000000000000000000000000000001"]
@@ -189,7 +189,7 @@ def test_duplicate_ids(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
 
     root = make_stage1(tmp_path / "c")
     _image(root / "test" / "all_tests" / "g2.jpg")  # an id in train and test: allowed, warned
-    with caplog.at_level(logging.WARNING, logger="nexperia_utils.kaggle"):
+    with caplog.at_level(logging.WARNING, logger="nexperia_utils.kaggle.layouts"):
         data = kaggle.read_kaggle_layout(root)
     assert "g2" in kaggle.test_ids(data)
     assert any("both train and test" in r.getMessage() and "g2" in r.getMessage() for r in caplog.records)

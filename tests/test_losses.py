@@ -1,4 +1,4 @@
-"""Tests of nexperia_utils.losses against hand computations written with numpy/math."""
+"""Tests of nexperia_utils.training.losses against hand computations written with numpy/math."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.losses import (
+from nexperia_utils.training.losses import (
     CrossEntropy,
     SelfAdaptiveTraining,
     WeightedBinaryCE,

@@ -1,4 +1,4 @@
-"""Tests of nexperia_utils.metrics against direct computations written independently here."""
+"""Tests of nexperia_utils.evaluation.metrics against direct computations written independently here."""
 from __future__ import annotations
 
 import itertools
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from nexperia_utils import metrics as M
+from nexperia_utils.evaluation import metrics as M
 
 
 # --------------------------------------------------------------------------- direct (slow, obvious) versions

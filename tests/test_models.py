@@ -9,9 +9,9 @@ import torch
 import torchvision
 from torch import nn
 
-from nexperia_utils.attention import AttentionBlock, ResNetAtt2
+from nexperia_utils.models.attention import AttentionBlock, ResNetAtt2
 from nexperia_utils.errors import ConfigError
-from nexperia_utils.models import (
+from nexperia_utils.models.builders import (
     ARCHITECTURES,
     DISPLAY_NAMES,
     backbone_module,
@@ -21,7 +21,7 @@ from nexperia_utils.models import (
     classifier_head,
     imagenet_weights_path,
 )
-from nexperia_utils.stn import STNClassifier, SpatialTransformer, parameters_to_theta, warp
+from nexperia_utils.models.stn import STNClassifier, SpatialTransformer, parameters_to_theta, warp
 
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 

@@ -1,4 +1,4 @@
-"""Tests of nexperia_utils.noisy_labels on hand-made SAT snapshots, splits and annotations."""
+"""Tests of nexperia_utils.analysis.sat_weights on hand-made SAT snapshots, splits and annotations."""
 from __future__ import annotations
 
 import json
@@ -15,9 +15,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from nexperia_utils import noisy_labels as nl
+from nexperia_utils.analysis import sat_weights as nl
 from nexperia_utils.errors import DataError
-from nexperia_utils.split import split_hash
+from nexperia_utils.data.split import split_hash
 
 CLASSES = ["chipping", "good", "scratch"]
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from helpers import run_notebook
-from nexperia_utils.published import ROW_KEYS
+from nexperia_utils.reporting.published import ROW_KEYS
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from helpers import run_notebook
-from nexperia_utils.pixel_reference import REFERENCE_NAME
-from nexperia_utils.published import ROW_KEYS
-from nexperia_utils.sat_study import SAT_LOSSES, STUDY_LOSSES, study_run_name
+from nexperia_utils.evaluation.pixel_reference import REFERENCE_NAME
+from nexperia_utils.reporting.published import ROW_KEYS
+from nexperia_utils.analysis.loss_study import SAT_LOSSES, STUDY_LOSSES, study_run_name
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 

@@ -17,7 +17,8 @@ import papermill as pm
 import pytest
 
 from helpers import run_notebook
-from nexperia_utils import kaggle, synthetic
+from nexperia_utils.kaggle import layouts as kaggle
+from nexperia_utils.data import synthetic
 from PIL import Image
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]

@@ -15,9 +15,9 @@ import pytest
 
 from helpers import run_notebook
 from nexperia_utils.config import get_profile
-from nexperia_utils.pixel_reference import REFERENCE_NAME
-from nexperia_utils.published import ROW_KEYS
-from nexperia_utils.variants import MEMORY_ROW, TABLE2_ROWS, TIME_ROW
+from nexperia_utils.evaluation.pixel_reference import REFERENCE_NAME
+from nexperia_utils.reporting.published import ROW_KEYS
+from nexperia_utils.analysis.model_variants import MEMORY_ROW, TABLE2_ROWS, TIME_ROW
 
 SMOKE = get_profile("smoke")
 #: epochs of the runs the fixture trains (VGG models: one epoch to keep the module short)

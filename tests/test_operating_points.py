@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from nexperia_utils import metrics
+from nexperia_utils.evaluation import metrics
 from nexperia_utils.errors import ConfigError
-from nexperia_utils.operating_points import (BootstrapConfig, _resample_weights, bootstrap_intervals,
+from nexperia_utils.evaluation.operating_points import (BootstrapConfig, _resample_weights, bootstrap_intervals,
                                              format_interval, rates_at_threshold, review_band_curve,
                                              review_threshold, validation_operating_points)
 

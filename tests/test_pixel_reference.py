@@ -8,10 +8,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.preprocessing import StandardScaler
 
-from nexperia_utils import metrics
-from nexperia_utils.dataset import SplitData
+from nexperia_utils.evaluation import metrics
+from nexperia_utils.data.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.pixel_reference import (
+from nexperia_utils.evaluation.pixel_reference import (
     REFERENCE_NAME, fit_pixel_reference, pixel_features, pixel_reference_results, reference_note,
     with_pixel_reference,
 )

@@ -1,4 +1,4 @@
-"""The HTML run report (nexperia_utils.run_report, `make report`) on a small fake outputs folder."""
+"""The HTML run report (nexperia_utils.reporting.html, `make report`) on a small fake outputs folder."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from nexperia_utils import run_report
+from nexperia_utils.reporting import html as run_report
 from nexperia_utils.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,5 +181,5 @@ def test_make_targets_are_defined():
     dry = subprocess.run(["make", "-n", "report", "submission", "PROFILE=smoke"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
-    assert "nexperia_utils.run_report --profile smoke" in dry.stdout
+    assert "nexperia_utils.reporting.html --profile smoke" in dry.stdout
     assert "08_submission.ipynb" in dry.stdout and "-p profile smoke" in dry.stdout

@@ -1,4 +1,4 @@
-"""Tests of nexperia_utils.sampling.ClassBalancedSampler."""
+"""Tests of nexperia_utils.training.sampling.ClassBalancedSampler."""
 from __future__ import annotations
 
 from collections import Counter
@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.sampling import ClassBalancedSampler
+from nexperia_utils.training.sampling import ClassBalancedSampler
 
 # class 0: 50 samples, class 1: 5, class 3: 12 (class 2 absent)
 LABELS = [0] * 50 + [1] * 5 + [3] * 12

@@ -3,7 +3,7 @@
 scikit-learn's ``load_digits`` (1,797 real 8x8 handwritten digits, not generated here), 40 % of the
 TRAINING labels flipped to a different random class (seeded), the test labels left clean. The
 same small CNN is trained from the same initialisation, batch order and schedule with plain cross
-entropy and with SAT through ``nexperia_utils.losses.SelfAdaptiveTraining`` (the production code
+entropy and with SAT through ``nexperia_utils.training.losses.SelfAdaptiveTraining`` (the production code
 path: same call signature, soft targets indexed by training-set position).
 
 The paper's claims checked (Huang et al. 2020, section 2.6 of the report):
@@ -31,7 +31,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from nexperia_utils.losses import CrossEntropy, SelfAdaptiveTraining
+from nexperia_utils.training.losses import CrossEntropy, SelfAdaptiveTraining
 
 NOISE_RATE = 0.4
 EPOCHS = 50

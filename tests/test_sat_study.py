@@ -1,4 +1,4 @@
-"""Tests of nexperia_utils.sat_study: loss parameters, run names, training settings and Table 4."""
+"""Tests of nexperia_utils.analysis.loss_study: loss parameters, run names, training settings and Table 4."""
 from __future__ import annotations
 
 import json
@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from nexperia_utils import sat_study as ss
+from nexperia_utils.analysis import loss_study as ss
 from nexperia_utils.config import get_profile
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.losses import SelfAdaptiveTraining, WeightedBinaryCE, build_loss
-from nexperia_utils.pixel_reference import REFERENCE_NAME
-from nexperia_utils.published import ROW_KEYS, published_table
-from nexperia_utils.synthetic import CLASSES
-from nexperia_utils.training import TrainConfig
+from nexperia_utils.training.losses import SelfAdaptiveTraining, WeightedBinaryCE, build_loss
+from nexperia_utils.evaluation.pixel_reference import REFERENCE_NAME
+from nexperia_utils.reporting.published import ROW_KEYS, published_table
+from nexperia_utils.data.synthetic import CLASSES
+from nexperia_utils.training.loop import TrainConfig
 
 CLASSES = list(CLASSES)
 

@@ -7,13 +7,15 @@ import torch
 from scipy.special import logsumexp, softmax
 from sklearn.metrics import roc_auc_score
 
-from nexperia_utils import inspect as inspector
-from nexperia_utils import ood, shift, synthetic
-from nexperia_utils.dataset import UNLABELLED
-from nexperia_utils.drift import DriftLimits, drift_check
+from nexperia_utils.line import inspect as inspector
+from nexperia_utils.analysis import ood
+from nexperia_utils.analysis import shift
+from nexperia_utils.data import synthetic
+from nexperia_utils.data.dataset import UNLABELLED
+from nexperia_utils.line.drift import DriftLimits, drift_check
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.models import build_model
-from nexperia_utils.training import train
+from nexperia_utils.models.builders import build_model
+from nexperia_utils.training.loop import train
 
 from conftest import CLASSES, make_part, tiny_train_config
 
@@ -70,7 +72,7 @@ def test_adabn_changes_only_batchnorm_statistics_to_those_of_the_new_images():
     first = next(m for m in adapted.modules() if isinstance(m, torch.nn.BatchNorm2d))
     seen = []
     handle = first.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
-    from nexperia_utils.transforms import eval_transform
+    from nexperia_utils.data.transforms import eval_transform
 
     batch = torch.stack([eval_transform(32)(torch.from_numpy(im).unsqueeze(0)) for im in part.images])
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Tests of nexperia_utils.split: the report's per-class split, its files, hash and reuse."""
+"""Tests of nexperia_utils.data.split: the report's per-class split, its files, hash and reuse."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.split import (
+from nexperia_utils.data.split import (
     SPLITS,
     default_split_path,
     load_or_create_split,

@@ -1,4 +1,4 @@
-"""Unlabelled test prediction and Kaggle submission writing (nexperia_utils.submission), and the
+"""Unlabelled test prediction and Kaggle submission writing (nexperia_utils.kaggle.submission), and the
 synthetic Kaggle exports read back as competition folders."""
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from nexperia_utils import kaggle, submission, synthetic
+from nexperia_utils.kaggle import layouts as kaggle
+
+from nexperia_utils.kaggle import submission
+
+from nexperia_utils.data import synthetic
 from nexperia_utils.config import get_profile
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.evaluation import predict_proba
-from nexperia_utils.models import build_model
-from nexperia_utils.training import TrainConfig
-from nexperia_utils.checkpoints import load_checkpoint
+from nexperia_utils.evaluation.predict import predict_proba
+from nexperia_utils.models.builders import build_model
+from nexperia_utils.training.loop import TrainConfig
+from nexperia_utils.training.checkpoints import load_checkpoint
 
 STAGE1 = ["bad_1", "good_0"]  # sorted, as the training code stores them: index 1 is *good*
 
@@ -229,7 +233,7 @@ def tiny_source(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_synthetic_export_reads_back_as_a_competition_folder(tiny_source, tmp_path, stage):
-    from nexperia_utils.data import load_dataset
+    from nexperia_utils.data.folders import load_dataset
 
     out = synthetic.export_kaggle(tiny_source, tmp_path / f"kaggle{stage}", stage=stage)
     assert kaggle.detect_stage(out) == stage

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from nexperia_utils import synthetic
+from nexperia_utils.data import synthetic
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.synthetic import (
+from nexperia_utils.data.synthetic import (
     CLASS_COUNTS_BATCH2,
     CLASSES,
     SyntheticConfig,
@@ -454,7 +454,7 @@ def test_visibility_of_rendered_images_is_seeded_and_nan_for_good():
 
 
 def test_visibility_summary_and_plot():
-    from nexperia_utils.galleries import plot_visibility, visibility_summary
+    from nexperia_utils.analysis.galleries import plot_visibility, visibility_summary
 
     frame = pd.DataFrame({"true_class": ["good", "scratch", "scratch", "scratch", "scratch", "chipping"],
                           "visibility": [np.nan, 1.0, 4.0, 20.0, 40.0, 30.0]})

@@ -10,9 +10,9 @@ import torch
 
 from nexperia_utils.config import get_profile
 from nexperia_utils.errors import ConfigError
-from nexperia_utils.evaluation import evaluate_run
-from nexperia_utils.training import TrainConfig, train
-from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
+from nexperia_utils.evaluation.predict import evaluate_run
+from nexperia_utils.training.loop import TrainConfig, train
+from nexperia_utils.training.checkpoints import list_checkpoints, load_checkpoint
 
 from conftest import CLASSES, make_part, tiny_train_config
 
@@ -123,7 +123,7 @@ def test_quick_recipe_resumes_identically_and_balances_batches(tmp_path, parts):
 
 
 def test_binary_sampler_draws_half_defects():
-    from nexperia_utils.training import _make_sampler
+    from nexperia_utils.training.loop import _make_sampler
 
     labels = np.array([1] * 90 + [0] * 6 + [2] * 4)  # class 1 is good
     sampler = _make_sampler(_config(sampler="binary"), labels, 1, torch.Generator())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from nexperia_utils import transforms as T
+from nexperia_utils.data import transforms as T
 from nexperia_utils.config import get_profile
 from nexperia_utils.errors import ConfigError
 

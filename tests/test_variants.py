@@ -21,18 +21,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import make_part
-from nexperia_utils.attention import ResNetAtt2
-from nexperia_utils.boxes import box_lookup, input_boxes
+from nexperia_utils.models.attention import ResNetAtt2
+from nexperia_utils.data.boxes import box_lookup, input_boxes
 from nexperia_utils.config import get_profile
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.explain import map_box_to_input
-from nexperia_utils.models import build_model
-from nexperia_utils.pixel_reference import REFERENCE_NAME
-from nexperia_utils.published import ROW_KEYS
-from nexperia_utils.stn import warp
-from nexperia_utils.transforms import resize_size_for
-from nexperia_utils.variant_plots import plot_attention_maps, plot_stn_examples, plot_theta_distribution
-from nexperia_utils.variants import (
+from nexperia_utils.analysis.explain import map_box_to_input
+from nexperia_utils.models.builders import build_model
+from nexperia_utils.evaluation.pixel_reference import REFERENCE_NAME
+from nexperia_utils.reporting.published import ROW_KEYS
+from nexperia_utils.models.stn import warp
+from nexperia_utils.data.transforms import resize_size_for
+from nexperia_utils.reporting.variant_figures import plot_attention_maps, plot_stn_examples, plot_theta_distribution
+from nexperia_utils.analysis.model_variants import (
     MEMORY_ROW, STN_MOMENTUM, TABLE2_ROWS, TIME_ROW, att2_layer_table, attention_maps, conv6_gradient_norm,
     eval_inputs, example_indices, require_finished_runs, run_overview, stn_health, stn_lr_factor,
     stn_run_name, stn_thetas, stn_training_settings, stn_views, table2, table2_caption, table2_runs, theta_frame,
@@ -87,7 +87,7 @@ def test_stn_training_settings_follow_section_3_3() -> None:
 
 
 def test_stn_lr_factor_is_passed_where_the_training_loop_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    import nexperia_utils.variants as variants
+    import nexperia_utils.analysis.model_variants as variants
 
     quick = get_profile("quick", lr=0.01)
     monkeypatch.setattr(variants, "_train_config_fields", lambda: {"epochs", "stn_lr_factor"})

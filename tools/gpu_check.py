@@ -38,11 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from nexperia_utils import metrics, synthetic  # noqa: E402
-from nexperia_utils.bench import run_benchmark  # noqa: E402
+from nexperia_utils.evaluation import metrics  # noqa: E402
+
+from nexperia_utils.data import synthetic
+from nexperia_utils.training.bench import run_benchmark  # noqa: E402
 from nexperia_utils.config import get_profile, workdir  # noqa: E402
-from nexperia_utils.evaluation import evaluate_run  # noqa: E402
-from nexperia_utils.models import resolve_device  # noqa: E402
+from nexperia_utils.evaluation.predict import evaluate_run  # noqa: E402
+from nexperia_utils.models.builders import resolve_device  # noqa: E402
 from nexperia_utils.experiment import open_experiment, train_model  # noqa: E402
 from nexperia_utils.io import atomic_write_text  # noqa: E402
 

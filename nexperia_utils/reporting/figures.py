@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from nexperia_utils.errors import DataError
 from nexperia_utils.io import atomic_save_figure
-from nexperia_utils.published import ROW_KEYS, ROW_LABELS
+from nexperia_utils.reporting.published import ROW_KEYS, ROW_LABELS
 from nexperia_utils.reporting.tables import CROP_LABELS, check_name, order_rank, summary_values
 
 log = logging.getLogger(__name__)

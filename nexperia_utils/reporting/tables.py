@@ -20,7 +20,7 @@ import pandas as pd
 
 from nexperia_utils.errors import DataError
 from nexperia_utils.io import atomic_write_text
-from nexperia_utils.published import ROW_KEYS, ROW_LABELS, format_cell
+from nexperia_utils.reporting.published import ROW_KEYS, ROW_LABELS, format_cell
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _check_results(results: pd.DataFrame, columns: Sequence[str]) -> None:
         raise DataError(
             f"results lacks the column(s) {missing}; it has {list(results.columns)}. Evaluation results "
             f"need the grouping columns {list(columns)} and the metric columns {list(ROW_KEYS)} "
-            "(fractions in [0, 1]) as written by nexperia_utils.evaluation."
+            "(fractions in [0, 1]) as written by nexperia_utils.evaluation.predict."
         )
     if results.empty:
         raise DataError("results has no rows: evaluate at least one checkpoint before making a table.")
@@ -138,7 +138,7 @@ def summary_table(
         results: long evaluation results (see the module docstring), metrics as fractions.
         columns: grouping columns; the column label joins their values with ``" / "`` (crops shown
             with :data:`CROP_LABELS`), e.g. ``"ResNet18 / CenterCrop"`` - the labels of
-            :func:`nexperia_utils.published.published_table`.
+            :func:`nexperia_utils.reporting.published.published_table`.
         column_order: the groups to show, in order, as tuples of values of ``columns`` (plain values
             are accepted when grouping by one column). Default: every group, by first appearance
             with crops in the report's order.
@@ -299,7 +299,7 @@ def side_by_side(ours: pd.DataFrame, published: pd.DataFrame, missing: str = "-"
 
 
 def checkpoint_metrics(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The notebooks' view of an :func:`nexperia_utils.evaluation.evaluate_run` result.
+    """The notebooks' view of an :func:`nexperia_utils.evaluation.predict.evaluate_run` result.
 
     Returns (one row per checkpoint: epoch, validation AUC, the test metrics as fractions, accuracy,
     binary accuracy) and (mean and std over the checkpoints of the metrics, in percent, 2 decimals).

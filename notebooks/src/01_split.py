@@ -23,10 +23,10 @@ from IPython.display import display
 
 from nexperia_utils.config import get_profile
 from nexperia_utils.experiment import open_experiment
-from nexperia_utils.galleries import plot_examples, plot_visibility, visibility_summary
+from nexperia_utils.analysis.galleries import plot_examples, plot_visibility, visibility_summary
 from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.reporting import save_figure
-from nexperia_utils.split import split_counts
+from nexperia_utils.data.split import split_counts
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 P = get_profile(profile, data_scale=scale)

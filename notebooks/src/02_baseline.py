@@ -28,12 +28,12 @@ import logging
 import pandas as pd
 from IPython.display import display
 
-from nexperia_utils import metrics
+from nexperia_utils.evaluation import metrics
 from nexperia_utils.config import get_profile
-from nexperia_utils.evaluation import evaluate_run, predict_proba
+from nexperia_utils.evaluation.predict import evaluate_run, predict_proba
 from nexperia_utils.experiment import open_experiment, train_model
 from nexperia_utils.reporting import checkpoint_metrics, plot_roc, plot_training_curves, save_figure
-from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
+from nexperia_utils.training.checkpoints import list_checkpoints, load_checkpoint
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 P = get_profile(profile, image_size=image_size)

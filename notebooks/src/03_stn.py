@@ -38,13 +38,13 @@ import pandas as pd
 from IPython.display import display
 
 from nexperia_utils.config import get_profile
-from nexperia_utils.evaluation import evaluate_run
+from nexperia_utils.evaluation.predict import evaluate_run
 from nexperia_utils.experiment import open_experiment, train_model
-from nexperia_utils.models import DISPLAY_NAMES
+from nexperia_utils.models.builders import DISPLAY_NAMES
 from nexperia_utils.reporting import checkpoint_metrics, plot_training_curves, save_figure
-from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
-from nexperia_utils.variant_plots import plot_stn_examples, plot_theta_distribution
-from nexperia_utils.variants import (
+from nexperia_utils.training.checkpoints import list_checkpoints, load_checkpoint
+from nexperia_utils.reporting.variant_figures import plot_stn_examples, plot_theta_distribution
+from nexperia_utils.analysis.model_variants import (
     eval_inputs, example_indices, run_overview, stn_health, stn_run_name, stn_thetas, stn_training_settings,
     stn_views, theta_frame,
 )

@@ -33,25 +33,25 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from nexperia_utils import metrics
-from nexperia_utils.attention import ResNetAtt2
+from nexperia_utils.evaluation import metrics
+from nexperia_utils.models.attention import ResNetAtt2
 from nexperia_utils.config import get_profile
-from nexperia_utils.checkpoints import prediction_file
-from nexperia_utils.evaluation import evaluate_run
-from nexperia_utils.operating_points import BootstrapConfig, operating_point_table, write_operating_points
+from nexperia_utils.training.checkpoints import prediction_file
+from nexperia_utils.evaluation.predict import evaluate_run
+from nexperia_utils.evaluation.operating_points import BootstrapConfig, operating_point_table, write_operating_points
 from nexperia_utils.experiment import open_experiment, train_model
-from nexperia_utils.explain import localisation_scores
+from nexperia_utils.analysis.explain import localisation_scores
 from nexperia_utils.io import atomic_write_csv
-from nexperia_utils.pixel_reference import reference_note, with_pixel_reference
-from nexperia_utils.published import published_caption, published_table
+from nexperia_utils.evaluation.pixel_reference import reference_note, with_pixel_reference
+from nexperia_utils.reporting.published import published_caption, published_table
 from nexperia_utils.reporting import (
     checkpoint_metrics, plot_roc, plot_training_curves, save_figure, side_by_side, write_table,
 )
-from nexperia_utils.boxes import box_lookup, input_boxes
-from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
-from nexperia_utils.transforms import denormalise
-from nexperia_utils.variant_plots import plot_attention_maps
-from nexperia_utils.variants import (
+from nexperia_utils.data.boxes import box_lookup, input_boxes
+from nexperia_utils.training.checkpoints import list_checkpoints, load_checkpoint
+from nexperia_utils.data.transforms import denormalise
+from nexperia_utils.reporting.variant_figures import plot_attention_maps
+from nexperia_utils.analysis.model_variants import (
     att2_layer_table, attention_maps, conv6_gradient_norm, eval_inputs, example_indices,
     require_finished_runs, run_overview, table2, table2_caption, table2_runs,
 )
@@ -79,7 +79,7 @@ att2_layer_table(ResNetAtt2(len(exp.classes)), P.image_size)
 # (which only produces `g`) gets **no gradient** - it is dead weight, and the maps are computed from
 # the local features alone: the model is in effect a ResNet18 whose conv4 and conv5 features are pooled
 # by learned, input-dependent weights instead of an average. "Learn to pay attention" (Jetley et al., 2018) also has a dot-product
-# compatibility `c_i = <l_i, g>` (`nexperia_utils.attention`, `compatibility="dot"`), under which the
+# compatibility `c_i = <l_i, g>` (`nexperia_utils.models.attention`, `compatibility="dot"`), under which the
 # maps depend on `g`. We keep the report's form for Table 2; one backward pass on a test batch shows
 # the difference:
 

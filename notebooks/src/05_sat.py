@@ -48,21 +48,23 @@ import logging
 import pandas as pd
 from IPython.display import Markdown, display
 
-from nexperia_utils import metrics, noisy_labels as nl
+from nexperia_utils.evaluation import metrics
+
+from nexperia_utils.analysis import sat_weights as nl
 from nexperia_utils.config import get_profile
 from nexperia_utils.experiment import open_experiment
 from nexperia_utils.io import atomic_write_csv
-from nexperia_utils.operating_points import BootstrapConfig, operating_point_table, write_operating_points
-from nexperia_utils.pixel_reference import reference_note, with_pixel_reference
-from nexperia_utils.published import published_table
+from nexperia_utils.evaluation.operating_points import BootstrapConfig, operating_point_table, write_operating_points
+from nexperia_utils.evaluation.pixel_reference import reference_note, with_pixel_reference
+from nexperia_utils.reporting.published import published_table
 from nexperia_utils.reporting import (
     plot_metric_per_epoch, plot_per_class_curves, plot_training_curves, save_figure, side_by_side, write_table,
 )
-from nexperia_utils.sat_study import (
+from nexperia_utils.analysis.loss_study import (
     LOSS_LABELS, SAT_LOSSES, STUDY_LOSSES, StudySettings, evaluate_study, finished_study_runs, load_history,
     parse_losses, study_run_name, study_schedule, table4, train_study_run,
 )
-from nexperia_utils.split import split_counts
+from nexperia_utils.data.split import split_counts
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 P = get_profile(profile)

@@ -28,18 +28,18 @@ import logging
 import pandas as pd
 from IPython.display import Markdown, display
 
-from nexperia_utils import metrics
+from nexperia_utils.evaluation import metrics
 from nexperia_utils.config import get_profile
-from nexperia_utils.checkpoints import prediction_file
-from nexperia_utils.evaluation import evaluate_run
+from nexperia_utils.training.checkpoints import prediction_file
+from nexperia_utils.evaluation.predict import evaluate_run
 from nexperia_utils.experiment import open_experiment, run_name, train_model
-from nexperia_utils.models import DISPLAY_NAMES
+from nexperia_utils.models.builders import DISPLAY_NAMES
 from nexperia_utils.io import atomic_write_csv
-from nexperia_utils.operating_points import (BootstrapConfig, operating_point_table, plot_operating_points,
+from nexperia_utils.evaluation.operating_points import (BootstrapConfig, operating_point_table, plot_operating_points,
                                              plot_review_band, review_band_curve, run_scores,
                                              write_operating_points)
-from nexperia_utils.pixel_reference import reference_note, with_pixel_reference
-from nexperia_utils.published import published_table
+from nexperia_utils.evaluation.pixel_reference import reference_note, with_pixel_reference
+from nexperia_utils.reporting.published import published_table
 from nexperia_utils.reporting import (
     CROP_LABELS, plot_crop_bars, plot_metric_per_epoch, plot_roc, save_figure, side_by_side, summary_table, write_table,
 )

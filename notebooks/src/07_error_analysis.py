@@ -47,17 +47,17 @@ import pandas as pd
 from IPython.display import Markdown, display
 from scipy.stats import spearmanr
 
-from nexperia_utils import error_analysis as ea
-from nexperia_utils import metrics
-from nexperia_utils import mislabels as ml
-from nexperia_utils.boxes import box_lookup, input_boxes, read_boxes
+from nexperia_utils.analysis import interpretation as ea
+from nexperia_utils.evaluation import metrics
+from nexperia_utils.analysis import mislabels as ml
+from nexperia_utils.data.boxes import box_lookup, input_boxes, read_boxes
 from nexperia_utils.config import get_profile
-from nexperia_utils.evaluation import predict_proba
+from nexperia_utils.evaluation.predict import predict_proba
 from nexperia_utils.experiment import open_experiment, run_name
-from nexperia_utils.explain import compute_gallery_heatmaps, localisation_table
-from nexperia_utils.galleries import gallery_figure, select_gallery
+from nexperia_utils.analysis.explain import compute_gallery_heatmaps, localisation_table
+from nexperia_utils.analysis.galleries import gallery_figure, select_gallery
 from nexperia_utils.io import atomic_write_csv
-from nexperia_utils.published import published_table
+from nexperia_utils.reporting.published import published_table
 from nexperia_utils.reporting import format_fraction_columns, save_figure, side_by_side, summary_table, write_table
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

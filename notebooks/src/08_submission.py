@@ -31,7 +31,7 @@ image_size = None        # None: the profile's
 synthetic_scale = None   # without data_root: size of the synthetic data (fraction of batch 2); None: the profile's
 crop = "center"          # center | five | ten
 ensemble = "top-k"       # top-k: mean probability of the kept checkpoints | best | a number n
-allow_other_classes = False  # accept a model trained on another class set (see nexperia_utils.submission)
+allow_other_classes = False  # accept a model trained on another class set (see nexperia_utils.kaggle.submission)
 retrain = False
 message = ""             # Kaggle submission message; empty: a description of the model
 device = "auto"
@@ -44,12 +44,14 @@ import logging
 import pandas as pd
 from IPython.display import Markdown, display
 
-from nexperia_utils import kaggle, submission
+from nexperia_utils.kaggle import layouts as kaggle
+
+from nexperia_utils.kaggle import submission
 from nexperia_utils.config import get_profile
-from nexperia_utils.evaluation import evaluate_run
+from nexperia_utils.evaluation.predict import evaluate_run
 from nexperia_utils.experiment import cache_dir, open_experiment, run_name, train_model
 from nexperia_utils.reporting import plot_roc, plot_training_curves, save_figure
-from nexperia_utils.checkpoints import load_result
+from nexperia_utils.training.checkpoints import load_result
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 P = get_profile(profile, image_size=image_size)

@@ -38,15 +38,15 @@ import time
 import pandas as pd
 from IPython.display import Markdown, display
 
-from nexperia_utils import shift
-from nexperia_utils.checkpoints import list_checkpoints, load_checkpoint
+from nexperia_utils.analysis import shift
+from nexperia_utils.training.checkpoints import list_checkpoints, load_checkpoint
 from nexperia_utils.config import get_profile
-from nexperia_utils.drift import drift_check, score_images
+from nexperia_utils.line.drift import drift_check, score_images
 from nexperia_utils.experiment import cache_dir, open_experiment, run_name, train_model
-from nexperia_utils.ood import OOD_METHODS, fit_detector, logits_and_features, ood_table
-from nexperia_utils.pixel_reference import fit_pixel_reference
+from nexperia_utils.analysis.ood import OOD_METHODS, fit_detector, logits_and_features, ood_table
+from nexperia_utils.evaluation.pixel_reference import fit_pixel_reference
 from nexperia_utils.reporting import save_figure, write_table
-from nexperia_utils.shift_plots import plot_ood_scores, plot_shift
+from nexperia_utils.reporting.shift_figures import plot_ood_scores, plot_shift
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 started = time.perf_counter()
@@ -157,7 +157,7 @@ fig
 
 # %% [markdown]
 # ## The drift check a line engineer runs on a new folder
-# `make drift IMAGES=<folder>` (`python -m nexperia_utils.drift`) does this on image files: the share of
+# `make drift IMAGES=<folder>` (`python -m nexperia_utils.line.drift`) does this on image files: the share of
 # images the OOD detector flags, against the share expected on familiar images, and the shift of the
 # defect-score distribution against the validation part.
 

@@ -1,0 +1,432 @@
+"""Grad-CAM heatmaps (pytorch-grad-cam) and a localisation score against defect boxes.
+
+:func:`compute_gallery_heatmaps` computes the heatmaps of chosen images of a part for a checkpoint
+(:class:`Heatmaps`); :func:`localisation_table` scores them against the boxes per class (pointing game,
+mass in the box, chance).
+
+The heatmaps explain the *defect score* (``1 - p(good)``, the sum of the defect-class softmax
+probabilities; :class:`DefectScoreTarget`), the quantity the ROC analysis ranks images by.
+
+Target layers (:func:`target_layers`), one choice per architecture:
+
+* ResNet18/34/50: the last block of ``layer4`` (conv5), the standard Grad-CAM layer
+  (7x7 at 224 px).
+* VGG19_bn: the last ReLU of ``features`` (the output of the last convolution block *before*
+  the final max pool): 14x14 at 224 px instead of 7x7 after the pool, finer for small defects.
+  pytorch-grad-cam's hooks work on this in-place ReLU (the tests compare with a hand-written
+  Grad-CAM).
+* ``*_stn``: the same layer inside ``model.backbone``. That layer sees the image *after* the
+  spatial transformer, so :func:`compute_heatmaps` maps the heatmap back to input coordinates
+  with the inverse of each image's transform (parts of the input the transformer cut away get 0).
+* ResNet_att_2: the last blocks of ``layer3`` and ``layer4`` (conv4 and conv5), the two feature
+  maps the attention blocks read; pytorch-grad-cam scales each layer's map to [0, 1] and
+  averages them. At small inputs ``layer4`` alone is too coarse (2x2 at 64 px).
+
+A note on small inputs: a 32 px input gives ResNet's ``layer4`` (and VGG's last block, after
+the pool) a 1x1 map, so the heatmap is constant and pytorch-grad-cam's min-max scaling returns
+zeros. Use 64 px or more (the full profile uses 224).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from torch import nn
+
+from nexperia_utils.data.dataset import SplitData
+from nexperia_utils.errors import ConfigError, DataError
+from nexperia_utils.models.builders import backbone_module, backbone_name, canonical_arch, resolve_device
+from nexperia_utils.models.stn import warp
+from nexperia_utils.data.transforms import denormalise, eval_transform, resize_size_for
+
+if TYPE_CHECKING:  # the analysis imports this module
+    from nexperia_utils.analysis.interpretation import CheckpointAnalysis
+
+logger = logging.getLogger(__name__)
+
+#: Supported CAM methods and their pytorch-grad-cam classes.
+METHODS: dict[str, type] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+
+Box = tuple[float, float, float, float]
+
+
+# --------------------------------------------------------------------------- heatmaps
+def target_layers(model: nn.Module, arch: str) -> list[nn.Module]:
+    """The layers Grad-CAM reads for ``arch`` (see the module docstring for the choice)."""
+    arch = canonical_arch(arch)
+    if arch == "resnet18_att2":
+        return [model.backbone.layer3[-1], model.backbone.layer4[-1]]
+    backbone = backbone_module(model, arch)
+    if backbone_name(arch).startswith("resnet"):
+        return [backbone.layer4[-1]]
+    relus = [m for m in backbone.features if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ConfigError(f"No ReLU found in the features of the {arch} model; is it a torchvision VGG?")
+    return [relus[-1]]
+
+
+class DefectScoreTarget:
+    """pytorch-grad-cam target: the defect score ``1 - softmax(logits)[negative_index]``.
+
+    That equals the sum of the softmax probabilities of all defect classes. Works on one
+    image's logits ``(C,)`` (as pytorch-grad-cam passes them) or a batch ``(B, C)``.
+    """
+
+    def __init__(self, negative_index: int) -> None:
+        if isinstance(negative_index, bool) or not isinstance(negative_index, (int, np.integer)) or negative_index < 0:
+            raise ConfigError(f"negative_index must be a non-negative class index; got {negative_index!r}.")
+        self.negative_index = int(negative_index)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        if model_output.shape[-1] <= self.negative_index:
+            raise ConfigError(
+                f"negative_index {self.negative_index} is out of range for a model with "
+                f"{model_output.shape[-1]} outputs; look the 'good' class index up in the class list."
+            )
+        return 1.0 - torch.softmax(model_output, dim=-1)[..., self.negative_index]
+
+
+def _invert_theta(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse affine maps of ``theta`` (B, 2, 3) and a mask of the invertible ones."""
+    linear, shift = theta[:, :, :2], theta[:, :, 2:]
+    invertible = torch.linalg.det(linear).abs() > 1e-6
+    safe = torch.where(invertible[:, None, None], linear, torch.eye(2, dtype=theta.dtype).expand_as(linear))
+    inverse = torch.linalg.inv(safe)
+    return torch.cat([inverse, -inverse @ shift], dim=2), invertible
+
+
+def heatmaps_to_input_space(heatmaps: np.ndarray, theta: torch.Tensor) -> np.ndarray:
+    """Map heatmaps computed on STN outputs back to the STN's input coordinates.
+
+    The STN output at normalised position ``q`` shows the input at ``p = theta @ [q; 1]``, so the
+    heatmap on the input is ``H_in(p) = H_out(theta^-1 p)``; input regions the transformed view
+    does not contain get 0. Each map is rescaled to a maximum of 1. A non-invertible ``theta``
+    (a collapsed transform) gives an all-zero map and a warning.
+    """
+    maps = torch.from_numpy(np.ascontiguousarray(heatmaps, dtype=np.float32))[:, None]
+    inverse, invertible = _invert_theta(theta.detach().to("cpu", torch.float32))
+    warped = warp(maps, inverse)[:, 0].clamp_(0.0, 1.0)
+    warped[~invertible] = 0.0
+    if not bool(invertible.all()):
+        logger.warning("%d STN transforms are not invertible; their heatmaps are zero", int((~invertible).sum()))
+    peak = warped.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+    return (warped / peak).numpy().astype(np.float32)
+
+
+def compute_heatmaps(
+    model: nn.Module,
+    images: torch.Tensor,
+    arch: str,
+    negative_index: int,
+    method: str = "gradcam",
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Grad-CAM (or Grad-CAM++) heatmaps of the defect score for normalised model inputs.
+
+    Args:
+        model: a model from :func:`nexperia_utils.models.builders.build_model` for ``arch``.
+        images: ``(N, 3, H, W)`` tensor, preprocessed as for the model (normalised).
+        arch: the architecture name (selects :func:`target_layers`).
+        negative_index: index of the ``good`` class (look it up by name in the class list).
+        method: ``"gradcam"`` or ``"gradcam++"``.
+        batch_size: images per Grad-CAM pass.
+        device: where to compute; the model is moved there and back afterwards.
+
+    Returns:
+        ``(N, H, W)`` float32 heatmaps in [0, 1] aligned with the input pixels (for the STN
+        models, mapped back through the inverse transform). The model's training mode and
+        device are restored afterwards.
+    """
+    arch = canonical_arch(arch)
+    if method not in METHODS:
+        raise ConfigError(f"Unknown CAM method {method!r}; use one of {list(METHODS)}.")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DataError(f"images must be a (N, 3, H, W) tensor of model inputs; got {shape}.")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be positive; got {batch_size}.")
+    target = DefectScoreTarget(negative_index)
+    device = torch.device(device)
+    parameter = next(model.parameters())
+    original_device, was_training = parameter.device, model.training
+    is_stn = arch.endswith("_stn")
+    results: list[np.ndarray] = []
+    model.to(device)
+    try:
+        with torch.enable_grad(), METHODS[method](model=model, target_layers=target_layers(model, arch)) as cam:
+            for start in range(0, len(images), batch_size):
+                batch = images[start:start + batch_size].to(device=device, dtype=parameter.dtype)
+                maps = cam(input_tensor=batch, targets=[target] * len(batch))
+                if is_stn:
+                    with torch.no_grad():
+                        theta = model.stn.theta(batch)
+                    maps = heatmaps_to_input_space(maps, theta)
+                results.append(np.asarray(maps, dtype=np.float32))
+    finally:
+        model.zero_grad(set_to_none=True)  # drop the gradients Grad-CAM left on the parameters
+        model.to(original_device)
+        model.train(was_training)
+    if not results:
+        return np.zeros((0, *images.shape[2:]), dtype=np.float32)
+    heatmaps = np.clip(np.nan_to_num(np.concatenate(results), nan=0.0), 0.0, 1.0).astype(np.float32)
+    flat = heatmaps.reshape(len(heatmaps), -1)
+    constant = int((flat.max(axis=1) == flat.min(axis=1)).sum())
+    if constant:
+        logger.warning(
+            "%d of %d %s heatmaps are constant (no localisation): the target layer's feature map may be "
+            "1x1 at this input size (%dx%d) or its weighted activations all negative",
+            constant, len(heatmaps), method, images.shape[2], images.shape[3])
+    return heatmaps
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Colour the heatmap (jet) over the image: ``alpha`` heatmap + ``1 - alpha`` image.
+
+    Args:
+        image: ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` float RGB/grayscale image in [0, 1].
+        heatmap: ``(H, W)`` values in [0, 1].
+        alpha: weight of the heatmap, in [0, 1].
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image (for matplotlib's ``imshow``).
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise DataError(f"overlay needs an (H, W) or (H, W, 3) image; got shape {np.shape(image)}.")
+    mask = np.asarray(heatmap, dtype=np.float32)
+    if mask.shape != img.shape[:2]:
+        raise DataError(f"heatmap shape {mask.shape} does not match the image's {img.shape[:2]}.")
+    if not (0.0 <= alpha <= 1.0):
+        raise ConfigError(f"alpha must be in [0, 1]; got {alpha}.")
+    for name, values in (("image", img), ("heatmap", mask)):
+        if values.size and (not np.isfinite(values).all() or values.min() < 0.0 or values.max() > 1.0):
+            raise DataError(f"overlay needs the {name} as floats in [0, 1] (undo the normalisation first).")
+    if alpha == 0.0 and img.max() == 0.0:  # show_cam_on_image would divide 0 by 0
+        return np.zeros(img.shape, dtype=np.uint8)
+    return show_cam_on_image(img, mask, use_rgb=True, image_weight=1.0 - alpha)
+
+
+# --------------------------------------------------------------------------- boxes
+def _crop_offset(size: int, crop: int) -> int:
+    """Offset of torchvision's CenterCrop along one axis (negative when it pads)."""
+    if crop > size:
+        return -((crop - size) // 2)
+    return int(round((size - crop) / 2.0))
+
+
+def map_box_to_input(
+    box: Sequence[float], original_hw: tuple[int, int], resize: int, crop: int
+) -> Box:
+    """Map a box ``(x, y, w, h)`` in original pixels to the model input.
+
+    Follows torchvision ``Resize(resize)`` (shorter side to ``resize``, the longer one
+    ``int(resize * long / short)``) then ``CenterCrop(crop)`` (offset ``round((size - crop) / 2)``
+    with Python's rounding, or zero padding when the crop is larger). Coordinates are continuous
+    pixel edges (``x`` = left edge). The result is clipped to the crop; a box outside it comes
+    back with zero width or height.
+    """
+    x, y, w, h = _check_box(box)
+    height, width = (int(v) for v in original_hw)
+    if height < 1 or width < 1 or resize < 1 or crop < 1:
+        raise ConfigError(f"Sizes must be positive; got original_hw={original_hw}, resize={resize}, crop={crop}.")
+    if width <= height:
+        new_w, new_h = resize, int(resize * height / width)
+    else:
+        new_w, new_h = int(resize * width / height), resize
+    scale_x, scale_y = new_w / width, new_h / height
+    left, top = _crop_offset(new_w, crop), _crop_offset(new_h, crop)
+    x0, x1 = x * scale_x - left, (x + w) * scale_x - left
+    y0, y1 = y * scale_y - top, (y + h) * scale_y - top
+    x0, x1 = (min(max(v, 0.0), float(crop)) for v in (x0, x1))
+    y0, y1 = (min(max(v, 0.0), float(crop)) for v in (y0, y1))
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def _check_box(box: Sequence[float]) -> Box:
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"A box must be four numbers (x, y, w, h); got {box!r}.") from exc
+    if not all(np.isfinite([x, y, w, h])) or w < 0 or h < 0:
+        raise DataError(f"A box (x, y, w, h) needs finite values and w, h >= 0; got {box!r}.")
+    return x, y, w, h
+
+
+def _box_mask(shape: tuple[int, int], box: Sequence[float]) -> np.ndarray:
+    """Pixels whose centres lie inside the box (edges included)."""
+    x, y, w, h = _check_box(box)
+    rows = np.arange(shape[0]) + 0.5
+    cols = np.arange(shape[1]) + 0.5
+    inside_rows = (rows >= y) & (rows <= y + h)
+    inside_cols = (cols >= x) & (cols <= x + w)
+    return inside_rows[:, None] & inside_cols[None, :]
+
+
+def _check_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    values = np.asarray(heatmap, dtype=np.float64)
+    if values.ndim != 2 or values.size == 0:
+        raise DataError(f"A heatmap must be a non-empty (H, W) array; got shape {values.shape}.")
+    if not np.isfinite(values).all() or values.min() < 0:
+        raise DataError("A heatmap must hold finite, non-negative values.")
+    return values
+
+
+def pointing_game(heatmap: np.ndarray, box: Sequence[float]) -> bool:
+    """Whether the heatmap's maximum lies inside the box ``(x, y, w, h)`` (model-input pixels).
+
+    A pixel is inside when its centre is. With several maximal pixels (an upsampled coarse map
+    has a plateau) the point is the maximal pixel nearest to their centroid. A constant heatmap
+    points nowhere: a miss.
+    """
+    values = _check_heatmap(heatmap)
+    peak = values.max()
+    if peak == values.min():
+        return False
+    rows, cols = np.nonzero(values == peak)
+    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    return bool(_box_mask(values.shape, box)[rows[nearest], cols[nearest]])
+
+
+def mass_in_box(heatmap: np.ndarray, box: Sequence[float]) -> float:
+    """Share of the heatmap's total mass on pixels inside the box (0 for an all-zero heatmap)."""
+    values = _check_heatmap(heatmap)
+    total = values.sum()
+    if total <= 0:
+        return 0.0
+    return float(values[_box_mask(values.shape, box)].sum() / total)
+
+
+def localisation_scores(heatmaps: np.ndarray, boxes: Sequence[Sequence[float] | None]) -> dict[str, float]:
+    """Pointing-game hit rate and mean mass in box over the images that have a box.
+
+    Args:
+        heatmaps: ``(N, H, W)`` heatmaps.
+        boxes: one box ``(x, y, w, h)`` in the heatmaps' pixels per image, or ``None``. Boxes of
+            zero area (e.g. cropped away by :func:`map_box_to_input`) are skipped.
+
+    Returns:
+        ``{"pointing_game": hit rate, "mass_in_box": mean share, "n": images scored,
+        "n_skipped_empty_box": boxes of zero area}``; the rates are NaN when ``n == 0``.
+    """
+    maps = np.asarray(heatmaps)
+    if maps.ndim != 3:
+        raise DataError(f"heatmaps must be (N, H, W); got shape {maps.shape}.")
+    if len(boxes) != len(maps):
+        raise DataError(f"Got {len(maps)} heatmaps but {len(boxes)} boxes; pass one box (or None) per heatmap.")
+    hits: list[bool] = []
+    masses: list[float] = []
+    empty = 0
+    for heatmap, box in zip(maps, boxes):
+        if box is None:
+            continue
+        _, _, w, h = _check_box(box)
+        if w <= 0 or h <= 0 or not _box_mask(heatmap.shape, box).any():
+            empty += 1
+            continue
+        hits.append(pointing_game(heatmap, box))
+        masses.append(mass_in_box(heatmap, box))
+    n = len(hits)
+    return {
+        "pointing_game": float(np.mean(hits)) if n else float("nan"),
+        "mass_in_box": float(np.mean(masses)) if n else float("nan"),
+        "n": n,
+        "n_skipped_empty_box": empty,
+    }
+
+
+# --------------------------------------------------------------------------- heatmaps of a checkpoint
+@dataclass
+class Heatmaps:
+    """Grad-CAM heatmaps of some images of a part, at the size they were computed."""
+
+    indices: np.ndarray
+    images: np.ndarray  # (n, H, W) grey in [0, 1]
+    maps: np.ndarray  # (n, H, W) in [0, 1]
+    image_size: int
+    method: str
+
+    def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        position = int(np.flatnonzero(self.indices == index)[0])
+        return self.images[position], self.maps[position]
+
+    def __contains__(self, index: int) -> bool:
+        return bool((self.indices == index).any())
+
+
+def compute_gallery_heatmaps(analysis: CheckpointAnalysis, part: SplitData, indices: Iterable[int],
+                             image_size: int, method: str = "gradcam", device: str | torch.device = "cpu",
+                             batch_size: int = 16) -> Heatmaps:
+    """Grad-CAM heatmaps (:func:`compute_heatmaps`) of the defect score for the
+    images ``indices`` of ``part``, on their centre crops of ``image_size`` (``part`` decoded for that
+    size: ``exp.part(name, image_size)``)."""
+    indices = np.array(sorted(set(int(i) for i in indices)), dtype=int)
+    if part.images.shape[1] != resize_size_for(image_size):
+        raise ConfigError(f"the {part.name} part is decoded at {part.images.shape[1]} px, not for {image_size} px crops "
+                          f"({resize_size_for(image_size)} px); pass exp.part({part.name!r}, {image_size})")
+    if len(indices) == 0:
+        empty = np.zeros((0, image_size, image_size), dtype=np.float32)
+        return Heatmaps(indices, empty, empty.copy(), image_size, method)
+    dataset = part.dataset(eval_transform(image_size, "center"))
+    batch = torch.stack([dataset[int(i)][0] for i in indices])
+    maps = compute_heatmaps(analysis.model, batch, analysis.arch, analysis.negative_index,
+                            method=method, batch_size=batch_size, device=resolve_device(device))
+    return Heatmaps(indices, denormalise(batch), maps, image_size, method)
+
+
+def localisation_table(heatmaps: Heatmaps, boxes: Sequence[tuple | None], groups: Sequence[str],
+                       scores: Sequence[float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pointing game and heatmap mass in the box over the images of ``heatmaps`` that have a box.
+
+    Args:
+        heatmaps: heatmaps of some images of a part (``heatmaps.indices`` index the part).
+        boxes: the part's boxes in the heatmaps' pixels (by position), None where there is none.
+        groups: the part's class per image (annotated true class, or the label).
+        scores: the part's defect scores (for the per-image table).
+
+    Returns:
+        ``(summary, per_image)``: ``summary`` has one row per class and ``all``: ``n``,
+        ``pointing_game``, ``mass_in_box`` (:func:`localisation_scores`) and
+        ``chance`` (the mean share of the image the boxes cover: what a uniform heatmap scores on
+        both measures) and ``constant_maps`` (heatmaps without localisation, e.g. all-zero because
+        no positive evidence for the defect score was found; they count as misses with no mass);
+        ``per_image`` one row per scored image.
+    """
+    rows = []
+    for position, index in enumerate(heatmaps.indices):
+        box = boxes[int(index)]
+        if box is None or box[2] <= 0 or box[3] <= 0:
+            continue
+        heat = heatmaps.maps[position]
+        rows.append({
+            "index": int(index),
+            "class": str(groups[int(index)]),
+            "pointing_hit": pointing_game(heat, box),
+            "mass_in_box": mass_in_box(heat, box),
+            "box_fraction": mass_in_box(np.ones_like(heat), box),
+            "constant_map": bool(heat.max() == heat.min()),
+            "defect_score": float(scores[int(index)]) if scores is not None else float("nan"),
+        })
+    per_image = pd.DataFrame(rows, columns=["index", "class", "pointing_hit", "mass_in_box", "box_fraction",
+                                            "constant_map", "defect_score"])
+    summary = []
+    for name, part in [*per_image.groupby("class", sort=True), ("all", per_image)]:
+        positions = [int(np.flatnonzero(heatmaps.indices == i)[0]) for i in part["index"]]
+        scores_ = localisation_scores(heatmaps.maps[positions] if positions else np.zeros((0, 1, 1)),
+                                      [boxes[int(i)] for i in part["index"]])
+        summary.append({"class": name, "n": int(scores_["n"]), "pointing_game": scores_["pointing_game"],
+                        "mass_in_box": scores_["mass_in_box"],
+                        "chance": float(part["box_fraction"].mean()) if len(part) else float("nan"),
+                        "constant_maps": int(part["constant_map"].sum())})
+    return pd.DataFrame(summary).set_index("class"), per_image

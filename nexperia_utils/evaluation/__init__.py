@@ -1,0 +1,1 @@
+"""Evaluation: metrics, predictions of a run's checkpoints, operating points, the pixel reference."""

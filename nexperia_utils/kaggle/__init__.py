@@ -1,0 +1,1 @@
+"""Kaggle: the competitions' layouts and submissions."""

@@ -1,0 +1,1 @@
+"""On the production line: the inspector, the drift check, the ONNX export."""

@@ -1,0 +1,1 @@
+"""Models: torchvision backbones with the report's heads, the STN and attention variants."""
