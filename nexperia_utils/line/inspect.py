@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import torch
 
 from nexperia_utils.evaluation import metrics
 from nexperia_utils.training.checkpoints import checkpoint_dir, list_checkpoints, load_checkpoint, read_checkpoint_meta, read_run_meta
@@ -226,22 +227,29 @@ def score_folder(run_dir: Path, point: OperatingPoint, folder: Path, skip_bad: b
         if not onnx_file.exists() or onnx_file.stat().st_mtime < path.stat().st_mtime:
             export_onnx(path, onnx_file)
         model, device = OnnxModel(onnx_file), "cpu"
+    if detector is not None:
+        from nexperia_utils.analysis.ood import logits_and_features
+
+        detector = detector()  # before the clock: its first use fits it on the run's training part
     start = time.perf_counter()
     part = unlabelled_part("inspect", folder, pd.DataFrame({"image_id": names, "path": names}), point.image_size,
                            progress=progress)
-    probs = predict_proba(model, part, point.image_size, point.crop, batch_size, device, progress=progress,
-                          amp=backend == "torch")
+    one_pass = detector is not None and backend == "torch" and point.crop == "center"
+    if one_pass:  # the OOD features come from the same forward pass as the scores
+        logits, features = logits_and_features(model, part, point.image_size, batch_size, device, progress=progress)
+        probs = torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy().astype(np.float64)
+    else:
+        probs = predict_proba(model, part, point.image_size, point.crop, batch_size, device, progress=progress,
+                              amp=backend == "torch")
     seconds = time.perf_counter() - start
     negative = meta["classes"].index(point.negative_class)
     score = metrics.defect_score(probs, negative)
     decisions = pd.DataFrame({"image": names, "defect_score": score, "decision": decide(score, point)})
     if detector is not None:
-        from nexperia_utils.analysis.ood import logits_and_features
-
-        detector = detector()
-        torch_model = model if backend == "torch" else load_checkpoint(path, device=device)[0]
-        logits, features = logits_and_features(torch_model, part, point.image_size, batch_size, device,
-                                               progress=progress)
+        if not one_pass:  # other crops or onnxruntime: the features need the torch model's centre-crop pass
+            torch_model = model if backend == "torch" else load_checkpoint(path, device=device)[0]
+            logits, features = logits_and_features(torch_model, part, point.image_size, batch_size, device,
+                                                   progress=progress)
         decisions["ood_score"] = detector.score(logits, features)
         decisions["unfamiliar"] = decisions["ood_score"] >= detector.threshold
         decisions.loc[decisions["unfamiliar"], "decision"] = "review"
