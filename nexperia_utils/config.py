@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nexperia_utils.errors import ConfigError
+from nexperia_utils.validation import check_choice, check_int, check_number
 
 #: Project root: the folder that holds ``nexperia_utils/`` (notebooks resolve paths against it).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -136,29 +137,20 @@ PROFILES: dict[str, Profile] = {
 
 def validate_profile(profile: Profile) -> None:
     """Raise a ConfigError naming the first field whose value cannot work."""
-    positive = ("image_size", "epochs", "batch_size", "top_k", "eval_batch_size", "stn_epochs", "sat_epochs")
-    for name in positive:
-        if getattr(profile, name) < 1:
-            raise ConfigError(f"profile {profile.name!r}: {name} must be >= 1, got {getattr(profile, name)}")
+    where = f"profile {profile.name!r}:"
+    for name in ("image_size", "epochs", "batch_size", "top_k", "eval_batch_size", "stn_epochs", "sat_epochs"):
+        check_int(name, getattr(profile, name), 1, where=where)
     if profile.image_size < 32:
-        raise ConfigError(f"profile {profile.name!r}: image_size must be >= 32 (ResNets downsample 32x), got {profile.image_size}")
-    if not 0 < profile.data_scale <= 1:
-        raise ConfigError(f"profile {profile.name!r}: data_scale must be in (0, 1], got {profile.data_scale}")
-    if profile.optimizer not in ("sgd", "adamw"):
-        raise ConfigError(f"profile {profile.name!r}: optimizer must be 'sgd' or 'adamw', got {profile.optimizer!r}")
-    if profile.scheduler not in ("step", "cosine", "onecycle"):
-        raise ConfigError(f"profile {profile.name!r}: scheduler must be 'step', 'cosine' or 'onecycle', "
-                          f"got {profile.scheduler!r}")
-    choices = {"augmentation": ("report", "flip", "none"), "input_norm": ("imagenet", "image"),
+        raise ConfigError(f"{where} image_size must be >= 32 (ResNets downsample 32x), got {profile.image_size}")
+    check_number("data_scale", profile.data_scale, 0, 1, include_low=False, where=where)
+    choices = {"optimizer": ("sgd", "adamw"), "scheduler": ("step", "cosine", "onecycle"),
+               "augmentation": ("report", "flip", "none"), "input_norm": ("imagenet", "image"),
                "sampler": ("none", "binary")}
     for name, valid in choices.items():
-        if getattr(profile, name) not in valid:
-            raise ConfigError(f"profile {profile.name!r}: {name} must be one of {list(valid)}, "
-                              f"got {getattr(profile, name)!r}")
-    if profile.lr <= 0 or profile.sat_lr <= 0:
-        raise ConfigError(f"profile {profile.name!r}: learning rates must be > 0")
-    if profile.num_workers < 0:
-        raise ConfigError(f"profile {profile.name!r}: num_workers must be >= 0")
+        check_choice(name, getattr(profile, name), valid, where=where)
+    for name in ("lr", "sat_lr"):
+        check_number(name, profile.lr if name == "lr" else profile.sat_lr, 0, include_low=False, where=where)
+    check_int("num_workers", profile.num_workers, 0, where=where)
 
 
 def get_profile(name: str, **overrides: Any) -> Profile:

@@ -10,16 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nexperia_utils.data.folders import (
-    IMAGE_EXTENSIONS,
-    class_names,
-    find_bad_images,
-    load_dataset,
-    negative_index,
-    read_grayscale,
-    read_manifest,
-    scan_image_folder,
-)
+from nexperia_utils.data.folders import class_names, load_dataset, negative_index, read_manifest, scan_image_folder
+from nexperia_utils.data.images import IMAGE_EXTENSIONS, find_bad_images, read_grayscale
 from nexperia_utils.errors import ConfigError, DataError
 
 

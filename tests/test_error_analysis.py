@@ -395,3 +395,45 @@ def test_compute_gallery_heatmaps_on_the_run(tiny_run) -> None:
         explain.compute_gallery_heatmaps(analysis, test, [0], image_size=64)
     empty = explain.compute_gallery_heatmaps(analysis, test, [], image_size=32)
     assert empty.maps.shape == (0, 32, 32)
+
+
+def test_interpretation_object_views_and_heatmaps_computed_once(tiny_run, monkeypatch) -> None:
+    run_dir, (_, val, test) = tiny_run
+    analysis = ea.open_checkpoint(run_dir, "best", split_hash="hash0")
+    interp = ea.Interpretation(analysis, test, ea.checkpoint_predictions(analysis, test))
+    pred = interp.predictions
+    y = (pred["label"] != "good").to_numpy()
+    assert interp.auc == pytest.approx(metrics.roc_auc(y, pred["defect_score"].to_numpy()))
+    confusion = interp.confusion()
+    assert confusion.to_numpy().sum() == len(test)
+    # most_confused: the off-diagonal cells, by a direct count
+    pairs = pred.loc[pred["label"] != pred["predicted"], ["label", "predicted"]].value_counts()
+    confused = interp.most_confused()
+    assert dict(zip(zip(confused["label"], confused["predicted"]), confused["count"])) == pairs.to_dict()
+    # top_losses: -log p(filed label), highest first
+    losses = interp.top_losses()
+    direct = [-math.log(max(row[f"p_{row['label']}"], 1e-12)) for _, row in losses.iterrows()]
+    assert np.allclose(losses["loss"], direct) and (np.diff(losses["loss"].to_numpy()) <= 0).all()
+    assert len(interp.top_losses(3)) == 3
+    # operating points, escapes and false alarms agree with the scores
+    points = interp.operating_points()
+    assert points is interp.operating_points()  # computed once
+    t = interp.thresholds()["TPR >= 99.1 %"]
+    assert set(interp.escapes(t)) == set(pred.loc[y & (pred["defect_score"] < t), "image_id"])
+    assert set(interp.false_alarms(t)) == set(pred.loc[~y & (pred["defect_score"] >= t), "image_id"])
+    assert set(interp.galleries(4)) == {"missed", "lowest_defects", "highest_good"}
+    assert isinstance(interp.plot_score_distributions(), Figure) and isinstance(interp.plot_confusion(), Figure)
+    # heatmaps: a second call computes only the images not seen yet
+    calls = []
+    real = ea.compute_gallery_heatmaps
+    monkeypatch.setattr(ea, "compute_gallery_heatmaps", lambda a, p, idx, *args, **kw: calls.append(list(idx))
+                        or real(a, p, idx, *args, **kw))
+    first = interp.heatmaps(test, [3, 1], 32)
+    second = interp.heatmaps(test, [1, 5], 32)
+    assert calls == [[1, 3], [5]] and second.indices.tolist() == [1, 3, 5]
+    assert np.array_equal(second.get(3)[1], first.get(3)[1])
+    assert interp.cam_score_agreement(test, second) is None  # heatmaps at the training size
+    # other parts and features
+    assert set(interp.predictions_of(val)["part"]) == {"val"} and interp.predictions_of(test) is pred
+    feats, ids, labels = interp.features([test, val])
+    assert feats.shape == (24, 512) and list(ids[:12]) == list(test.frame["image_id"].astype(str))

@@ -113,3 +113,26 @@ def test_run_operating_points_use_the_best_checkpoint_and_validation_thresholds(
     for row in points.itertuples():
         assert row.threshold == metrics.threshold_at_tpr(y_val, val_scores["defect_score"].to_numpy(), row.target_tpr)
     assert set(points["epoch"]) == {epoch} and points["test_auc_low"].iloc[0] <= points["test_auc"].iloc[0]
+
+
+def test_best_checkpoint_predictions_read_the_cache_of_the_best_checkpoint_and_refuse_a_stale_one(run, tmp_path):
+    from nexperia_utils.evaluation.predict import best_checkpoint_predictions
+    from nexperia_utils.reporting import kept_checkpoint_metrics, plot_best_checkpoint_roc
+
+    run_dir, test, _ = run
+    kept = kept_checkpoint_metrics(run_dir, test, top_k=1, device="cpu")
+    assert len(kept.per_checkpoint) == 1 and "mean and std" in kept._repr_html_()
+    found = best_checkpoint_predictions(kept.results, test, run_dir.parent)
+    (model, crop), pred = next(iter(found.items()))
+    assert crop == "center" and list(pred["image_id"]) == list(test.frame["image_id"].astype(str))
+    expected = kept.results.sort_values("val_auc", ascending=False).iloc[0]
+    direct = metrics.roc_auc((pred["label"] != "good").to_numpy(), pred["defect_score"].to_numpy())
+    assert direct == pytest.approx(expected["auc"])
+    fig = plot_best_checkpoint_roc(kept.results, test, run_dir.parent, "good")
+    assert model in fig.axes[0].get_legend().get_texts()[0].get_text()
+    # predictions of other images (a test part of 10 images, not the 12 scored) are not passed off as its
+    other = dataclasses.replace(make_part("test", 10, 2), split_hash="hash0")
+    with pytest.raises(DataError, match=r"was not written by .* for the test part"):
+        best_checkpoint_predictions(kept.results, other, run_dir.parent)
+    with pytest.raises(DataError, match=r"missing columns"):
+        best_checkpoint_predictions(kept.results.drop(columns="run"), test, run_dir.parent)

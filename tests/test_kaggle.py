@@ -1,4 +1,4 @@
-"""Tests for nexperia_utils.kaggle.layouts: layouts of both competitions, submissions, scoring."""
+"""Tests for nexperia_utils.kaggle.layouts and .submission_file: layouts of both competitions, submissions, scoring."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from nexperia_utils.kaggle import layouts as kaggle
+from nexperia_utils.kaggle import submission_file
 from nexperia_utils.errors import ConfigError, DataError
 
 STAGE1_TEST_IDS = ["0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210", "00000000000000000000000000000001"]
@@ -217,7 +218,7 @@ IDS = ["a", "b", "c", "d"]
 )
 def test_validator_rejects(frame: pd.DataFrame, fragments: list[str]) -> None:
     with pytest.raises(DataError) as info:
-        kaggle.validate_submission(frame, IDS, stage=1)
+        submission_file.validate_submission(frame, IDS, stage=1)
     msg = str(info.value)
     assert "semi-conductor-image-classification-first" in msg
     for fragment in fragments:
@@ -227,7 +228,7 @@ def test_validator_rejects(frame: pd.DataFrame, fragments: list[str]) -> None:
 def test_validator_collects_all_problems() -> None:
     frame = pd.DataFrame({"id": ["a", "a", "x"], "label": [np.nan, 2.0, 0.5]})
     with pytest.raises(DataError) as info:
-        kaggle.validate_submission(frame, IDS, stage=1)
+        submission_file.validate_submission(frame, IDS, stage=1)
     msg = str(info.value)
     assert "5 problem(s)" in msg
     for fragment in ("duplicate id", "expected id(s) missing", "unexpected id", "NaN", "outside [0, 1]"):
@@ -235,8 +236,8 @@ def test_validator_collects_all_problems() -> None:
 
 
 def test_validator_accepts_good_frame() -> None:
-    kaggle.validate_submission(pd.DataFrame({"label": [0.0, 1.0, 0.5, 0.25], "id": IDS[::-1]}), IDS, stage=1)
-    kaggle.validate_submission(pd.DataFrame({"id": IDS, "defect_score": [0.0, 1.0, 0.5, 0.25]}), IDS, stage=2)
+    submission_file.validate_submission(pd.DataFrame({"label": [0.0, 1.0, 0.5, 0.25], "id": IDS[::-1]}), IDS, stage=1)
+    submission_file.validate_submission(pd.DataFrame({"id": IDS, "defect_score": [0.0, 1.0, 0.5, 0.25]}), IDS, stage=2)
 
 
 @pytest.mark.parametrize(
@@ -252,14 +253,14 @@ def test_validator_accepts_good_frame() -> None:
 def test_write_submission_writes_nothing_on_failure(tmp_path: Path, ids, scores, expected) -> None:
     fresh = tmp_path / "fresh" / "submission.csv"
     with pytest.raises(DataError):
-        kaggle.write_submission(fresh, ids, scores, stage=2, expected_ids=expected)
+        submission_file.write_submission(fresh, ids, scores, stage=2, expected_ids=expected)
     assert not fresh.exists()
     assert not fresh.parent.exists() or list(fresh.parent.iterdir()) == []
 
     existing = tmp_path / "submission.csv"
     existing.write_text("id,defect_score\nold,0.5\n")
     with pytest.raises(DataError):
-        kaggle.write_submission(existing, ids, scores, stage=2, expected_ids=expected)
+        submission_file.write_submission(existing, ids, scores, stage=2, expected_ids=expected)
     assert existing.read_text() == "id,defect_score\nold,0.5\n"
     assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["submission.csv"]
 
@@ -268,27 +269,27 @@ def test_write_submission_writes_nothing_on_failure(tmp_path: Path, ids, scores,
 def test_submission_round_trip(tmp_path: Path, stage: int) -> None:
     ids = ["0123456789abcdef0123456789abcdef", "007", "x"]
     scores = np.array([0.1234567891, 0.1234567892, 1.0])  # differ only beyond 6 decimals: no artificial tie
-    path = kaggle.write_submission(tmp_path / "sub.csv", ids, scores, stage=stage, expected_ids=ids)
+    path = submission_file.write_submission(tmp_path / "sub.csv", ids, scores, stage=stage, expected_ids=ids)
     id_col, score_col = kaggle.SUBMISSION_COLUMNS[stage]
     assert path.read_text().splitlines()[0] == f"{id_col},{score_col}"
     back = pd.read_csv(path, dtype={"id": str})
     assert back["id"].tolist() == ids  # leading zeros kept
     assert back[score_col].tolist() == scores.tolist()
-    kaggle.validate_submission(back, ids, stage)
+    submission_file.validate_submission(back, ids, stage)
 
 
 def test_submit_command() -> None:
-    cmd = kaggle.submit_command(Path("out/my sub.csv"), 2, message='run "A"')
+    cmd = submission_file.submit_command(Path("out/my sub.csv"), 2, message='run "A"')
     args = shlex.split(cmd)
     assert args[:3] == ["kaggle", "competitions", "submit"]
     assert args[args.index("-c") + 1] == "semi-conductor-image-classification-second-stage"
     assert args[args.index("-f") + 1] == "out/my sub.csv"
     assert args[args.index("-m") + 1] == 'run "A"'
-    assert kaggle.submit_command(Path("s.csv"), 1) == (
+    assert submission_file.submit_command(Path("s.csv"), 1) == (
         'kaggle competitions submit -c semi-conductor-image-classification-first -f s.csv -m "nexperia"'
     )
     with pytest.raises(ConfigError):
-        kaggle.submit_command(Path("s.csv"), 3)
+        submission_file.submit_command(Path("s.csv"), 3)
 
 
 def test_score_submission(tmp_path: Path) -> None:
@@ -296,18 +297,18 @@ def test_score_submission(tmp_path: Path) -> None:
     pd.DataFrame(
         {"id": ["a", "b", "c", "d", "e"], "label": [0, 1, 0, 1, 0], "true_class": ["good", "scratch", "good", "chipping", "good"]}
     ).to_csv(key, index=False)
-    perfect = kaggle.write_submission(tmp_path / "p.csv", ["e", "d", "c", "b", "a"], [0.1, 0.9, 0.2, 0.8, 0.3], stage=1)
-    assert kaggle.score_submission(perfect, key) == 1.0
-    reversed_ = kaggle.write_submission(tmp_path / "r.csv", list("abcde"), [0.9, 0.1, 0.8, 0.2, 0.7], stage=2)
-    assert kaggle.score_submission(reversed_, key) == 0.0
+    perfect = submission_file.write_submission(tmp_path / "p.csv", ["e", "d", "c", "b", "a"], [0.1, 0.9, 0.2, 0.8, 0.3], stage=1)
+    assert submission_file.score_submission(perfect, key) == 1.0
+    reversed_ = submission_file.write_submission(tmp_path / "r.csv", list("abcde"), [0.9, 0.1, 0.8, 0.2, 0.7], stage=2)
+    assert submission_file.score_submission(reversed_, key) == 0.0
     # hand computation: positives {b: 0.6, d: 0.3}, negatives {a: 0.5, c: 0.2, e: 0.3};
     # pairs won: b beats all 3, d beats c and ties e (0.5) -> (3 + 1 + 0.5) / 6 = 0.75
-    mixed = kaggle.write_submission(tmp_path / "m.csv", list("abcde"), [0.5, 0.6, 0.2, 0.3, 0.3], stage=1)
-    assert math.isclose(kaggle.score_submission(mixed, key), 0.75)
+    mixed = submission_file.write_submission(tmp_path / "m.csv", list("abcde"), [0.5, 0.6, 0.2, 0.3, 0.3], stage=1)
+    assert math.isclose(submission_file.score_submission(mixed, key), 0.75)
     # a submission missing an id of the key is rejected, not scored
-    short = kaggle.write_submission(tmp_path / "s.csv", list("abcd"), [0.5] * 4, stage=1)
+    short = submission_file.write_submission(tmp_path / "s.csv", list("abcd"), [0.5] * 4, stage=1)
     with pytest.raises(DataError, match="'e'"):
-        kaggle.score_submission(short, key)
+        submission_file.score_submission(short, key)
 
 
 def test_module_does_not_import_data() -> None:

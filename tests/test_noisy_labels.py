@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
+from nexperia_utils.analysis import sat_weight_figures as sat_figures
 from nexperia_utils.analysis import sat_weights as nl
 from nexperia_utils.errors import DataError
 from nexperia_utils.data.split import split_hash
@@ -273,7 +274,7 @@ def test_plot_mislabel_detection(tmp_path):
     frame = nl.load_sat_weights(run_dir, split, annotations=ann)
     summary = nl.detection_summary(frame)
     assert summary["auc"] > 0.9 and summary["mean_weight_noisy"] < summary["mean_weight_clean"]
-    fig = nl.plot_mislabel_detection(frame, nl.weight_trajectories(run_dir, split), sat_es=2, title="test")
+    fig = sat_figures.plot_mislabel_detection(frame, nl.weight_trajectories(run_dir, split), sat_es=2, title="test")
     assert isinstance(fig, Figure) and len(fig.axes) == 4
     out = tmp_path / "detect.png"
     fig.savefig(out)
@@ -283,10 +284,10 @@ def test_plot_mislabel_detection(tmp_path):
 def test_plot_mislabel_detection_without_noisy_labels(run, tmp_path):
     ann = _annotations().assign(noisy=False, true_class=lambda f: f["label"])
     frame = nl.load_sat_weights(run, _split(), annotations=ann)
-    fig = nl.plot_mislabel_detection(frame, nl.weight_trajectories(run, _split()))
+    fig = sat_figures.plot_mislabel_detection(frame, nl.weight_trajectories(run, _split()))
     fig.savefig(tmp_path / "none.png")
     with pytest.raises(DataError, match="annotations"):
-        nl.plot_mislabel_detection(nl.load_sat_weights(run, _split()))
+        sat_figures.plot_mislabel_detection(nl.load_sat_weights(run, _split()))
 
 
 def test_lowest_weight_gallery(run, tmp_path):
@@ -295,10 +296,10 @@ def test_lowest_weight_gallery(run, tmp_path):
         (data_root / label).mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((40, 42), 120, np.uint8)).save(data_root / label / f"{image_id}.png")
     frame = nl.load_sat_weights(run, _split(), annotations=_annotations())
-    fig = nl.lowest_weight_gallery(frame, data_root, n=4, columns=4)
+    fig = sat_figures.lowest_weight_gallery(frame, data_root, n=4, columns=4)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 4
     assert titles[0].startswith("good -> chipping, w=0.55")          # a5: lowest weight
     assert "NOISY, true class chipping" in titles[1]                # a1: second lowest, noisy
     with pytest.raises(DataError, match="paths"):
-        nl.lowest_weight_gallery(frame.drop(columns="path"), data_root)
+        sat_figures.lowest_weight_gallery(frame.drop(columns="path"), data_root)

@@ -14,6 +14,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from nexperia_utils.reporting import html as run_report
+from nexperia_utils.reporting import run_index
 from nexperia_utils.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,9 +97,9 @@ def fake_outputs(tmp_path) -> Path:
 
 
 def test_runs_index(fake_outputs):
-    runs = run_report.runs_index(fake_outputs).set_index("run")
+    runs = run_index.runs_index(fake_outputs).set_index("run")
     assert list(runs.index) == ["broken", "resnet18-ce", "resnet34-ce"]
-    assert list(runs.columns) == list(run_report.RUN_COLUMNS[1:])
+    assert list(runs.columns) == list(run_index.RUN_COLUMNS[1:])
     r18 = runs.loc["resnet18-ce"]
     assert r18["model"] == "ResNet18" and r18["loss"] == "ce" and r18["profile"] == "smoke"
     assert r18["data"] == "synthetic-smoke" and r18["classes"] == 3 and r18["epochs"] == "2/2"
@@ -120,7 +121,7 @@ def test_table_title(stem, title):
 
 
 def test_piece_status(fake_outputs):
-    status = run_report.piece_status(fake_outputs).set_index("piece")["status"].to_dict()
+    status = run_index.piece_status(fake_outputs).set_index("piece")["status"].to_dict()
     assert status == {"Table 2 (models)": "not run yet", "Table 3 (crop styles)": "done", "Table 4 (losses)": "not run yet",
                       "Error analysis": "not run yet", "Distribution shift (batch 3)": "not run yet",
                       "Kaggle submission": "done"}

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from nexperia_utils.kaggle import layouts as kaggle
+from nexperia_utils.kaggle import submission_file
 
 from nexperia_utils.kaggle import submission
 
@@ -178,7 +179,7 @@ def test_write_kaggle_submission(stage1, run_dir, tmp_path):
     assert list(written.columns) == ["id", "label"]
     assert written["id"].tolist() == kaggle.test_ids(stage1)
     np.testing.assert_allclose(written["label"], prediction.scores)
-    kaggle.validate_submission(written, kaggle.test_ids(stage1), 1)
+    submission_file.validate_submission(written, kaggle.test_ids(stage1), 1)
 
 
 @pytest.mark.parametrize("damage", ["missing", "duplicate", "nan", "range"])
@@ -253,9 +254,9 @@ def test_synthetic_export_reads_back_as_a_competition_folder(tiny_source, tmp_pa
     frame, negative = load_dataset(out)  # the experiment loader detects the layout too
     assert negative == neg and len(frame) == len(data.train)
     # a submission of the key's own labels scores AUC 1
-    perfect = kaggle.write_submission(tmp_path / "perfect.csv", key["id"], key["label"].astype(float), stage,
+    perfect = submission_file.write_submission(tmp_path / "perfect.csv", key["id"], key["label"].astype(float), stage,
                                       expected_ids=kaggle.test_ids(data))
-    assert kaggle.score_submission(perfect, submission.answer_key_for(out)) == 1.0
+    assert submission_file.score_submission(perfect, submission.answer_key_for(out)) == 1.0
 
 
 def test_prepare_kaggle_root_exports_once_and_replaces_a_stale_export(tiny_source, tmp_path, monkeypatch):

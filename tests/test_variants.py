@@ -33,10 +33,12 @@ from nexperia_utils.models.stn import warp
 from nexperia_utils.data.transforms import resize_size_for
 from nexperia_utils.reporting.variant_figures import plot_attention_maps, plot_stn_examples, plot_theta_distribution
 from nexperia_utils.analysis.model_variants import (
-    MEMORY_ROW, STN_MOMENTUM, TABLE2_ROWS, TIME_ROW, att2_layer_table, attention_maps, conv6_gradient_norm,
-    eval_inputs, example_indices, require_finished_runs, run_overview, stn_health, stn_lr_factor,
-    stn_run_name, stn_thetas, stn_training_settings, stn_views, table2, table2_caption, table2_runs, theta_frame,
-    view_coverage,
+    MEMORY_ROW, STN_MOMENTUM, TABLE2_ROWS, TIME_ROW, require_finished_runs, run_overview, stn_lr_factor,
+    stn_run_name, stn_training_settings, table2, table2_caption, table2_runs,
+)
+from nexperia_utils.analysis.variant_inspection import (
+    att2_layer_table, attention_maps, conv6_gradient_norm, eval_inputs, example_indices, stn_health, stn_thetas,
+    stn_views, theta_frame, view_coverage,
 )
 
 

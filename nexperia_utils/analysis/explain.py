@@ -42,6 +42,7 @@ from torch import nn
 
 from nexperia_utils.data.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError
+from nexperia_utils.validation import check_int
 from nexperia_utils.models.builders import backbone_module, backbone_name, canonical_arch, resolve_device
 from nexperia_utils.models.stn import warp
 from nexperia_utils.data.transforms import denormalise, eval_transform, resize_size_for
@@ -80,8 +81,7 @@ class DefectScoreTarget:
     """
 
     def __init__(self, negative_index: int) -> None:
-        if isinstance(negative_index, bool) or not isinstance(negative_index, (int, np.integer)) or negative_index < 0:
-            raise ConfigError(f"negative_index must be a non-negative class index; got {negative_index!r}.")
+        check_int("negative_index (a class index)", negative_index, 0)
         self.negative_index = int(negative_index)
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:

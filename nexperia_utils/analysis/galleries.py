@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from nexperia_utils.data.folders import read_grayscale
+from nexperia_utils.data.images import read_grayscale
 from nexperia_utils.errors import ConfigError
 from nexperia_utils.analysis.explain import Heatmaps
 from nexperia_utils.reporting.figures import new_figure

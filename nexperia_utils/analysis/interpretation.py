@@ -28,16 +28,15 @@ pre-hook on :func:`nexperia_utils.models.builders.classifier_head`; works for ev
 from __future__ import annotations
 
 import logging
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from scipy.stats import spearmanr
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import confusion_matrix
@@ -53,12 +52,18 @@ from nexperia_utils.models.builders import resolve_device
 from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.evaluation.metrics import threshold_at_tpr  # re-exported: it lived here before it moved to metrics
 from nexperia_utils.data.transforms import eval_transform
-from nexperia_utils.reporting.figures import new_figure
+from nexperia_utils.analysis.error_figures import plot_confusion, plot_embeddings, plot_score_distributions
+from nexperia_utils.analysis.explain import Heatmaps, compute_gallery_heatmaps
+from nexperia_utils.analysis.galleries import select_gallery
+
+if TYPE_CHECKING:
+    from nexperia_utils.experiment import Experiment
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointAnalysis",
+    "Interpretation",
     "checkpoint_predictions",
     "confusion_frame",
     "embed_2d",
@@ -287,122 +292,146 @@ def embed_2d(features: np.ndarray, method: str = "pca", seed: int = 0, perplexit
     raise ConfigError(f"unknown embedding method {method!r}; use 'pca' or 'tsne'")
 
 
-# --------------------------------------------------------------------------- figures
-def plot_confusion(confusion: pd.DataFrame, title: str = "") -> Figure:
-    """Confusion matrix heatmap (seaborn): colour = share of the row (log scale), numbers = counts."""
-    import seaborn as sns
+# --------------------------------------------------------------------------- the interpretation object
+@dataclass
+class Interpretation:
+    """One checkpoint of a run on one part, predicted once; the error analysis's views hang off it.
 
-    counts = confusion.to_numpy()
-    share = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
-    n = len(confusion)
-    fig = new_figure((1.0 + 0.75 * n, 0.8 + 0.65 * n))
-    ax = fig.add_subplot(1, 1, 1)
-    shown = np.where(share > 0, share, np.nan)
-    # the colour scale spans at least 1 % .. 100 %: a model that predicts one class for every image
-    # (every share 0 or 1) would otherwise get a collapsed scale
-    smallest = np.nanmin(shown) if np.isfinite(shown).any() else 1e-3
-    sns.heatmap(pd.DataFrame(shown, index=confusion.index, columns=confusion.columns), ax=ax, cmap="Blues",
-                norm=LogNorm(vmin=max(1e-3, min(0.01, smallest)), vmax=1.0),
-                annot=counts, fmt="d", annot_kws={"fontsize": 8}, cbar_kws={"label": "share of the row (log)"},
-                linewidths=0.5, linecolor="0.9", square=True)
-    ax.set_xlabel("predicted class (argmax)")
-    ax.set_ylabel("filed label")
-    ax.tick_params(axis="x", rotation=45, labelsize=8)
-    ax.tick_params(axis="y", rotation=0, labelsize=8)
-    ax.set_title(title or "Confusion matrix (counts)", fontsize=10)
-    return fig
-
-
-def plot_score_distributions(predictions: pd.DataFrame, classes: Sequence[str], thresholds: Mapping[str, float],
-                             marked: Iterable[str] = (), marked_label: str = "annotated mislabel",
-                             title: str = "") -> Figure:
-    """Defect score per filed class (seaborn box + strip plot, logit axis) with the operating points'
-    thresholds as vertical lines; images in ``marked`` (ids) are drawn as red stars."""
-    import seaborn as sns
-
-    eps = 1e-5
-    frame = predictions.assign(score=predictions["defect_score"].clip(eps, 1 - eps))
-    order = [c for c in classes if (frame["label"] == c).any()]
-    fig = new_figure((9.0, 0.55 * len(order) + 1.6))
-    ax = fig.add_subplot(1, 1, 1)
-    with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert`
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", PendingDeprecationWarning)
-        sns.boxplot(data=frame, x="score", y="label", order=order, ax=ax, color="0.85", fliersize=0, width=0.6)
-    sns.stripplot(data=frame, x="score", y="label", order=order, ax=ax, size=3, alpha=0.6, jitter=0.25,
-                  color="tab:blue")
-    marked = set(str(m) for m in marked)
-    hits = frame[frame["image_id"].astype(str).isin(marked)]
-    if len(hits):
-        ax.scatter(hits["score"], [order.index(lab) for lab in hits["label"]], marker="*", s=140, color="red",
-                   edgecolor="black", linewidth=0.6, zorder=5, label=marked_label)
-    styles = ["--", ":", "-.", (0, (1, 3)), (0, (5, 2, 1, 2)), (0, (3, 1))]
-    for (name, value), style in zip(thresholds.items(), styles):
-        ax.axvline(min(max(value, eps), 1 - eps), color="tab:red", lw=1.0, ls=style, label=f"{name} (t = {value:.3g})")
-    _logit_axis(ax, np.concatenate([frame["score"].to_numpy(), list(thresholds.values())]), eps)
-    ax.set_xlabel("defect score 1 - p(good) (logit scale)")
-    ax.set_ylabel("filed label")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
-    ax.set_title(title or "Defect score per class", fontsize=10)
-    return fig
-
-
-def _logit_axis(ax, values: np.ndarray, eps: float) -> None:
-    """A logit x axis fitted to ``values`` with plain tick labels (0.01, 0.5, 0.99 ...)."""
-    from matplotlib.ticker import NullFormatter
-    from scipy.special import expit, logit
-
-    values = np.clip(np.asarray(values, dtype=float), eps, 1 - eps)
-    lo = float(max(eps / 2, expit(logit(values.min()) - 0.7)))
-    hi = float(min(1 - eps / 2, expit(logit(values.max()) + 0.7)))
-    ax.set_xscale("logit")
-    ax.set_xlim(lo, hi)
-    ticks = [t for t in (1e-5, 1e-4, 1e-3, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999) if lo <= t <= hi]
-    if len(ticks) < 4:
-        ticks = sorted(set(ticks) | {t for t in (0.2, 0.3, 0.4, 0.6, 0.7, 0.8) if lo <= t <= hi})
-    ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def plot_embeddings(coords: Mapping[str, np.ndarray], labels: Sequence[str], classes: Sequence[str],
-                    negative_class: str, marked: Mapping[int, str] | None = None,
-                    ringed: Iterable[int] = (), title: str = "") -> Figure:
-    """Scatter plots of 2-D embeddings (one panel per method), coloured by filed class.
-
-    ``marked``: position -> note (e.g. the annotated true class of a mislabelled image), drawn as a
-    black-edged star with the note; ``ringed``: positions circled (e.g. the top-K suspects).
+    In the spirit of fastai's ``ClassificationInterpretation``: :meth:`from_experiment` opens the
+    checkpoint and reads (or makes) its predictions; :meth:`confusion`, :meth:`most_confused`,
+    :meth:`top_losses`, :meth:`operating_points`, the galleries, :meth:`heatmaps` (computed once per
+    size and method, then only for images not seen yet) and :meth:`features` all use them.
     """
-    import seaborn as sns
 
-    labels = np.asarray(labels, dtype=object)
-    palette = dict(zip(classes, sns.color_palette("tab10" if len(classes) <= 10 else "husl", len(classes))))
-    palette[negative_class] = (0.72, 0.72, 0.72)
-    fig = new_figure((6.0 * len(coords) + 1.8, 5.6))
-    axes = np.atleast_1d(fig.subplots(1, len(coords)))
-    marked = dict(marked or {})
-    ringed = sorted(set(int(i) for i in ringed))
-    for ax, (method, xy) in zip(axes, coords.items()):
-        order = [negative_class] + [c for c in classes if c != negative_class]
-        for name in order:
-            mask = labels == name
-            if mask.any():
-                ax.scatter(xy[mask, 0], xy[mask, 1], s=10 if name == negative_class else 16, color=palette[name],
-                           label=f"{name} ({int(mask.sum())})", alpha=0.7 if name == negative_class else 0.9,
-                           linewidths=0)
-        if ringed:
-            ax.scatter(xy[ringed, 0], xy[ringed, 1], s=70, facecolors="none", edgecolors="black", linewidths=0.8,
-                       label="top-K suspects")
-        if marked:
-            positions = sorted(marked)
-            ax.scatter(xy[positions, 0], xy[positions, 1], marker="*", s=180, color="red", edgecolor="black",
-                       linewidth=0.7, label="annotated mislabel", zorder=5)
-            if len(positions) <= 30:  # beyond that the notes hide the points
-                for p in positions:
-                    ax.annotate(marked[p], xy[p], xytext=(4, 4), textcoords="offset points", fontsize=7)
-        ax.set_title(method, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0, markerscale=1.5)
-    fig.suptitle(title or "Penultimate-layer activations", fontsize=11)
-    return fig
+    checkpoint: CheckpointAnalysis
+    part: SplitData
+    predictions: pd.DataFrame
+    crop: str = "center"
+    device: str | torch.device = "cpu"
+    _points: pd.DataFrame | None = field(default=None, repr=False)
+    _heatmaps: dict[tuple[int, str], Heatmaps] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_experiment(cls, exp: "Experiment", run: str, part_name: str = "test", checkpoint: str | int = "best",
+                        crop: str = "center", device: str | torch.device = "cpu") -> "Interpretation":
+        """The checkpoint ``checkpoint`` of ``exp``'s run ``run`` on the part ``part_name`` at its input size."""
+        analysis = open_checkpoint(exp.run_dir(run), checkpoint, device=device, split_hash=exp.split_hash)
+        part = exp.part(part_name, analysis.image_size)
+        return cls(analysis, part, checkpoint_predictions(analysis, part, crop, device=device), crop, device)
+
+    # ---- the predictions
+    @property
+    def y_defect(self) -> np.ndarray:
+        return (self.predictions["label"].astype(str) != self.checkpoint.negative_class).to_numpy()
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.predictions["defect_score"].to_numpy(dtype=float)
+
+    @property
+    def auc(self) -> float:
+        return metrics.roc_auc(self.y_defect, self.scores)
+
+    def confusion(self) -> pd.DataFrame:
+        """Confusion matrix, rows the filed label, columns the argmax class."""
+        return confusion_frame(self.predictions["label"], self.predictions["predicted"], self.checkpoint.classes)
+
+    def plot_confusion(self, title: str = "") -> Figure:
+        return plot_confusion(self.confusion(), title=title)
+
+    def most_confused(self, min_count: int = 1) -> pd.DataFrame:
+        """The off-diagonal cells of the confusion matrix with at least ``min_count`` images, largest first."""
+        cells = self.confusion().stack().rename("count").reset_index()
+        cells = cells[(cells["label"] != cells["predicted"]) & (cells["count"] >= int(min_count))]
+        return cells.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
+
+    def top_losses(self, k: int | None = None) -> pd.DataFrame:
+        """The images with the highest cross-entropy of their filed label, ``-log p(label)``, highest first."""
+        probs = np.stack([self.predictions[f"p_{c}"].to_numpy(dtype=float) for c in self.checkpoint.classes], axis=1)
+        filed = np.array([self.checkpoint.classes.index(str(c)) for c in self.predictions["label"]])
+        out = self.predictions.assign(loss=-np.log(np.clip(probs[np.arange(len(filed)), filed], 1e-12, None)))
+        out = out.sort_values("loss", ascending=False, kind="stable")
+        return out if k is None else out.head(int(k))
+
+    # ---- operating points
+    def operating_points(self) -> pd.DataFrame:
+        """:func:`operating_points` of the defect scores (computed once)."""
+        if self._points is None:
+            self._points = operating_points(self.y_defect, self.scores)
+        return self._points
+
+    def thresholds(self) -> dict[str, float]:
+        points = self.operating_points()
+        return dict(zip(points["operating_point"], points["threshold"]))
+
+    def escapes(self, threshold: float) -> list[str]:
+        """Ids of the defect-labelled images scored below ``threshold``, lowest score first."""
+        return select_gallery(self.predictions, self.checkpoint.negative_class, "missed", len(self.predictions),
+                              threshold=threshold)["image_id"].tolist()
+
+    def false_alarms(self, threshold: float) -> list[str]:
+        """Ids of the good-labelled images scored at or above ``threshold``, highest first."""
+        return select_gallery(self.predictions, self.checkpoint.negative_class, "false_alarms",
+                              len(self.predictions), threshold=threshold)["image_id"].tolist()
+
+    def plot_score_distributions(self, marked: Iterable[str] = (), marked_label: str = "annotated mislabel",
+                                 title: str = "") -> Figure:
+        """Defect scores per filed class with the 0.5 cut, the first TPR threshold and TPR = 100 %."""
+        points = self.operating_points()
+        shown = points.iloc[[0, 1, len(points) - 1]]
+        return plot_score_distributions(self.predictions, self.checkpoint.classes,
+                                        dict(zip(shown["operating_point"], shown["threshold"])),
+                                        marked=marked, marked_label=marked_label, title=title)
+
+    def galleries(self, n: int, threshold: float = DEFAULT_THRESHOLD) -> dict[str, pd.DataFrame]:
+        """The three galleries of the report: escapes at ``threshold``, lowest-scoring defects, highest-scoring good."""
+        negative = self.checkpoint.negative_class
+        return {"missed": select_gallery(self.predictions, negative, "missed", n, threshold=threshold),
+                "lowest_defects": select_gallery(self.predictions, negative, "lowest_defects", n),
+                "highest_good": select_gallery(self.predictions, negative, "highest_good", n)}
+
+    # ---- heatmaps and features
+    def heatmaps(self, part: SplitData, indices: Iterable[int], image_size: int,
+                 method: str = "gradcam") -> Heatmaps:
+        """Grad-CAM heatmaps of the images ``indices`` of ``part`` on their ``image_size`` centre crops
+        (``part`` decoded for that size: ``exp.part(name, image_size)``); each image's map is computed
+        once per size and method, so later calls pay only for images not seen yet."""
+        key = (int(image_size), method)
+        have = self._heatmaps.get(key)
+        new = sorted(set(int(i) for i in indices) - (set() if have is None else set(have.indices.tolist())))
+        if new or have is None:
+            made = compute_gallery_heatmaps(self.checkpoint, part, new, int(image_size), method, device=self.device)
+            have = made if have is None else _merge_heatmaps(have, made)
+            self._heatmaps[key] = have
+        return have
+
+    def cam_score_agreement(self, part: SplitData, heatmaps: Heatmaps) -> float | None:
+        """Spearman correlation between the defect scores at ``part``'s size and at the training size over
+        the heatmapped images; None when ``part`` is at the training size or fewer than 3 images have maps."""
+        cam_size = heatmaps.image_size
+        if cam_size == self.checkpoint.image_size or len(heatmaps.indices) < 3:
+            return None
+        probs = predict_proba(self.checkpoint.model, part, cam_size, "center", device=self.device)
+        cam_scores = metrics.defect_score(probs, self.checkpoint.negative_index)
+        return float(spearmanr(cam_scores[heatmaps.indices], self.scores[heatmaps.indices]).statistic)
+
+    def predictions_of(self, part: SplitData) -> pd.DataFrame:
+        """The same checkpoint's predictions on another part (at the training size)."""
+        if part.name == self.part.name:
+            return self.predictions
+        return checkpoint_predictions(self.checkpoint, part, self.crop, device=self.device)
+
+    def features(self, parts: Sequence[SplitData]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Penultimate-layer activations of ``parts`` (centre crops) with their image ids and filed labels."""
+        c = self.checkpoint
+        feats = np.concatenate([penultimate_features(c.model, c.arch, p, c.image_size, device=self.device)
+                                for p in parts])
+        ids = np.concatenate([p.frame["image_id"].astype(str).to_numpy() for p in parts])
+        labels = np.concatenate([p.frame["label"].astype(str).to_numpy() for p in parts])
+        return feats, ids, labels
+
+
+def _merge_heatmaps(a: Heatmaps, b: Heatmaps) -> Heatmaps:
+    order = np.argsort(np.concatenate([a.indices, b.indices]), kind="stable")
+    return Heatmaps(np.concatenate([a.indices, b.indices])[order], np.concatenate([a.images, b.images])[order],
+                    np.concatenate([a.maps, b.maps])[order], a.image_size, a.method)

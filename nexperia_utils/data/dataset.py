@@ -57,7 +57,7 @@ def decode_images(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from nexperia_utils.data.folders import read_grayscale
+    from nexperia_utils.data.images import read_grayscale
 
     width = cache_width(resize)
     out = np.empty((len(paths), resize, width), dtype=np.uint8)

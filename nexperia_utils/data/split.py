@@ -25,7 +25,8 @@ import pandas as pd
 
 from nexperia_utils.data.folders import class_names, negative_index
 from nexperia_utils.errors import format_listing
-from nexperia_utils.errors import ConfigError, DataError
+from nexperia_utils.errors import DataError
+from nexperia_utils.validation import check_int, check_number
 from nexperia_utils.io import atomic_write_csv, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -40,16 +41,13 @@ SIDECAR_KEYS: tuple[str, ...] = ("classes", "negative_class", "seed", "data_root
 # --------------------------------------------------------------------------------------------
 def _check_fraction(name: str, value: float) -> Fraction:
     """``value`` as an exact fraction (``0.1`` -> ``1/10``) after checking ``0 < value < 1``."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
-        raise ConfigError(f"{name} must be a number strictly between 0 and 1, got {value!r}.")
+    check_number(name, value, 0, 1, include_low=False, include_high=False)
     return Fraction(str(value))
 
 
 def _check_seed(seed: int) -> int:
     """``seed`` as a Python int after checking it is a non-negative integer."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}.")
-    return int(seed)
+    return check_int("seed", seed, 0)
 
 
 def split_sizes(n: int, test_fraction: float = 0.1, val_fraction: float = 0.1) -> tuple[int, int, int]:

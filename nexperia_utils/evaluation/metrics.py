@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from nexperia_utils.validation import check_int, check_number
+
 __all__ = [
     "TPR_LEVELS",
     "METRIC_KEYS",
@@ -52,8 +54,7 @@ METRIC_KEYS: tuple[str, ...] = ("auc", "fpr@99.1", "fpr@99.3", "fpr@99.5", "fpr@
 
 # --------------------------------------------------------------------------- validation helpers
 def _check_level(tpr_level: float) -> None:
-    if not isinstance(tpr_level, (int, float, np.floating, np.integer)) or not 0.0 < float(tpr_level) <= 1.0:
-        raise ValueError(f"TPR level must be a number in (0, 1] (e.g. 0.991 for 99.1 %), got {tpr_level!r}")
+    check_number("TPR level (e.g. 0.991 for 99.1 %)", tpr_level, 0, 1, include_low=False, error=ValueError)
 
 
 def _as_probs(probs: np.ndarray) -> np.ndarray:
@@ -109,15 +110,11 @@ def _is_integral_float(arr: np.ndarray) -> bool:
 
 
 def _check_index(index: int, num_classes: int, name: str = "negative_index") -> int:
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= int(index) < num_classes:
-        raise ValueError(f"{name} must be an integer class index in [0, {num_classes - 1}], got {index!r}")
-    return int(index)
+    return check_int(f"{name} (a class index)", index, 0, num_classes - 1, error=ValueError)
 
 
 def _check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return int(num_classes)
+    return check_int("num_classes", num_classes, 1, error=ValueError)
 
 
 def _as_binary(y_defect: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,8 +164,7 @@ def is_defect(labels: np.ndarray, negative_index: int) -> np.ndarray:
     integral = np.issubdtype(arr.dtype, np.integer) or _is_integral_float(arr)
     if arr.dtype == bool or (arr.size and not integral):
         raise ValueError(f"labels must be integer class indices, got dtype {arr.dtype}")
-    if isinstance(negative_index, bool) or not isinstance(negative_index, (int, np.integer)) or negative_index < 0:
-        raise ValueError(f"negative_index must be a non-negative integer class index, got {negative_index!r}")
+    check_int("negative_index (a class index)", negative_index, 0, error=ValueError)
     if arr.size and arr.min() < 0:
         raise ValueError(f"labels must be non-negative class indices, found {arr.min()}")
     return arr.astype(np.int64) != int(negative_index)

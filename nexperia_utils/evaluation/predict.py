@@ -217,3 +217,32 @@ def evaluate_run(
                 **summary,
             })
     return pd.DataFrame(rows)
+
+
+def best_checkpoint_predictions(results: pd.DataFrame, part: SplitData,
+                                runs_root: Path) -> dict[tuple[str, str], pd.DataFrame]:
+    """The cached ``part`` predictions of each model's best checkpoint, per crop style.
+
+    ``results`` is an :func:`evaluate_run` result (several runs concatenated is fine); for each
+    (model, crop) the row with the highest validation AUC names the run and epoch, whose prediction
+    cache under ``runs_root/<run>`` is read back only if those weights wrote it for exactly
+    ``part``'s images. Returns ``{(model, crop): predictions}`` in the order of ``results``.
+    """
+    missing = {"model", "crop", "run", "epoch", "val_auc"} - set(results.columns)
+    if missing:
+        raise DataError(f"best_checkpoint_predictions needs an evaluate_run result; missing columns {sorted(missing)}")
+    out: dict[tuple[str, str], pd.DataFrame] = {}
+    for (model, crop), group in results.groupby(["model", "crop"], sort=False):
+        best = group.sort_values("val_auc", ascending=False, kind="stable").iloc[0]
+        run_dir = Path(runs_root) / str(best["run"])
+        entry = next((e for e in list_checkpoints(run_dir) if e["epoch"] == int(best["epoch"])), None)
+        if entry is None:
+            raise DataError(f"{run_dir.name} no longer keeps the checkpoint of epoch {int(best['epoch'])}; "
+                            f"evaluate the run again (evaluate_run)")
+        file = prediction_file(run_dir, part.name, str(crop), int(best["epoch"]))
+        cached = read_prediction_cache(file, part, checkpoint_fingerprint(entry["path"]))
+        if cached is None:
+            raise DataError(f"{file} is missing or was not written by {entry['path'].name} for the {part.name} "
+                            f"part: run evaluate_run({run_dir.name}, part, crops=[{crop!r}]) first")
+        out[(str(model), str(crop))] = cached
+    return out

@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from nexperia_utils.data import dataset
 
 from nexperia_utils.kaggle import layouts as kaggle
+from nexperia_utils.kaggle import submission_file
 from nexperia_utils.config import Profile, resolve_path, workdir
 from nexperia_utils.data.dataset import SplitData
 from nexperia_utils.errors import ConfigError, DataError, preview
@@ -96,7 +97,7 @@ class TestPrediction:
 def default_kaggle_root(profile: Profile, stage: int = 1) -> Path:
     """Where the profile's synthetic data is exported in a Kaggle layout: ``data/kaggle-stage1-synthetic``
     for the quick profile (``data/synthetic``), ``data/kaggle-stage1-synthetic-smoke`` for smoke."""
-    stage = kaggle._check_stage(stage)
+    stage = kaggle.check_stage(stage)
     return workdir() / "data" / f"kaggle-stage{stage}-{Path(profile.data_dir).name}"
 
 
@@ -143,7 +144,7 @@ def prepare_kaggle_root(profile: Profile, data_root: str | Path | None = None, s
                             "data there (kaggle competitions download -c ...), or leave data_root empty to use "
                             "the synthetic export.")
         return root
-    stage = 1 if stage is None else kaggle._check_stage(stage)
+    stage = 1 if stage is None else kaggle.check_stage(stage)
     source = prepare_data(profile, None, seed=profile.seed, progress=progress)
     out = default_kaggle_root(profile, stage)
     if export_is_current(source, out, stage):
@@ -215,7 +216,7 @@ def check_class_set(meta: dict, stage: int, source: str | Path = "the checkpoint
     with the stage's good class as negative class. With ``allow_other_classes`` any class list that
     contains the checkpoint's negative class is accepted (see the module docstring for the risk).
     """
-    stage = kaggle._check_stage(stage)
+    stage = kaggle.check_stage(stage)
     classes = [str(c) for c in meta.get("classes", [])]
     negative = str(meta.get("negative_class", ""))
     wanted_neg, wanted_pos = kaggle.CLASS_NAMES[stage]
@@ -315,7 +316,7 @@ def write_kaggle_submission(path: Path, prediction: TestPrediction, data: kaggle
     if prediction.stage != data.stage:
         raise DataError(f"the prediction is for stage {prediction.stage} but the data is stage {data.stage}; "
                         "predict with the same competition folder.")
-    return kaggle.write_submission(path, prediction.ids, prediction.scores, data.stage,
+    return submission_file.write_submission(path, prediction.ids, prediction.scores, data.stage,
                                    expected_ids=kaggle.test_ids(data))
 
 

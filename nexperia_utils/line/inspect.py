@@ -160,10 +160,10 @@ def readable_images(folder: Path, skip_bad: bool = False,
                     progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
     """The readable images under ``folder`` (paths relative to it) and the bad ones with their reasons.
 
-    Every file is fully decoded once (:func:`nexperia_utils.data.folders.find_bad_images`); a bad file raises a
+    Every file is fully decoded once (:func:`nexperia_utils.data.images.find_bad_images`); a bad file raises a
     :class:`DataError` naming all of them unless ``skip_bad``.
     """
-    from nexperia_utils.data.folders import find_bad_images
+    from nexperia_utils.data.images import find_bad_images
     from nexperia_utils.errors import format_listing
 
     folder = Path(folder)

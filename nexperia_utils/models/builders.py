@@ -30,6 +30,7 @@ from torch import nn
 
 from nexperia_utils.models.attention import ResNetAtt2
 from nexperia_utils.errors import ConfigError
+from nexperia_utils.validation import check_int
 from nexperia_utils.models.stn import TRANSFORMS, STNClassifier, SpatialTransformer
 
 logger = logging.getLogger(__name__)
@@ -314,8 +315,7 @@ def build_model(
             dict that does not fit.
     """
     arch = canonical_arch(arch)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer; got {num_classes!r}.")
+    check_int("num_classes", num_classes, 1)
     if stn_transform not in TRANSFORMS:
         raise ConfigError(f"Unknown stn_transform {stn_transform!r}; use one of {sorted(TRANSFORMS)}.")
     if input_norm not in INPUT_NORMS:

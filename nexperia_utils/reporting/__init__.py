@@ -8,17 +8,19 @@
 The names below are the package's reporting API; notebooks import them from here.
 """
 from nexperia_utils.reporting.figures import (
-    new_figure, plot_crop_bars, plot_metric_per_epoch, plot_per_class_curves, plot_roc, plot_training_curves,
+    new_figure, plot_best_checkpoint_roc, plot_crop_bars, plot_metric_per_epoch, plot_per_class_curves, plot_roc, plot_training_curves,
     save_figure,
 )
 from nexperia_utils.reporting.tables import (
-    CROP_LABELS, INDEX_HEADER, ROW_KEYS, ROW_LABELS, check_name, checkpoint_metrics, format_fraction_columns,
+    CROP_LABELS, INDEX_HEADER, ROW_KEYS, ROW_LABELS, KeptCheckpoints, check_name, checkpoint_metrics,
+    format_fraction_columns, kept_checkpoint_metrics,
     side_by_side, summary_table, summary_values, to_markdown, write_summary, write_table,
 )
 
 __all__ = [
-    "CROP_LABELS", "INDEX_HEADER", "ROW_KEYS", "ROW_LABELS", "check_name", "checkpoint_metrics",
-    "format_fraction_columns", "new_figure", "plot_crop_bars", "plot_metric_per_epoch", "plot_per_class_curves",
+    "CROP_LABELS", "INDEX_HEADER", "KeptCheckpoints", "ROW_KEYS", "ROW_LABELS", "check_name", "checkpoint_metrics",
+    "kept_checkpoint_metrics",
+    "format_fraction_columns", "new_figure", "plot_best_checkpoint_roc", "plot_crop_bars", "plot_metric_per_epoch", "plot_per_class_curves",
     "plot_roc", "plot_training_curves", "save_figure", "side_by_side", "summary_table", "summary_values",
     "to_markdown", "write_summary", "write_table",
 ]

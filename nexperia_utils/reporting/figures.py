@@ -23,7 +23,9 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from nexperia_utils.data.dataset import SplitData
 from nexperia_utils.errors import DataError
+from nexperia_utils.evaluation.predict import best_checkpoint_predictions
 from nexperia_utils.io import atomic_save_figure
 from nexperia_utils.reporting.published import ROW_KEYS, ROW_LABELS
 from nexperia_utils.reporting.tables import CROP_LABELS, check_name, order_rank, summary_values
@@ -192,6 +194,22 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str = "
     ax.set_title("full curve")
     fig.suptitle(title or "ROC curve (defect = positive)")
     return fig
+
+
+def plot_best_checkpoint_roc(results: pd.DataFrame, part: SplitData, runs_root: Path, negative_class: str,
+                             title: str = "") -> Figure:
+    """:func:`plot_roc` of each model's best checkpoint (highest validation AUC) in an ``evaluate_run`` result.
+
+    One curve per model, or per model and crop style when ``results`` holds several crops; the
+    scores are the prediction cache of :func:`nexperia_utils.evaluation.predict.best_checkpoint_predictions`
+    (checked against the checkpoint and ``part``'s images), so nothing is predicted again.
+    """
+    several_crops = results["crop"].nunique() > 1 if "crop" in results.columns else False
+    curves = {}
+    for (model, crop), pred in best_checkpoint_predictions(results, part, runs_root).items():
+        label = f"{model} {CROP_LABELS.get(crop, crop)}" if several_crops else model
+        curves[label] = (pred["label"].astype(str) != negative_class, pred["defect_score"].to_numpy())
+    return plot_roc(curves, title=title or "Test ROC of each model's best checkpoint")
 
 
 def plot_training_curves(history: pd.DataFrame, title: str = "") -> Figure:

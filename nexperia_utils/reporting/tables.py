@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
 
+from nexperia_utils.data.dataset import SplitData
 from nexperia_utils.errors import DataError
+from nexperia_utils.evaluation.predict import evaluate_run
 from nexperia_utils.io import atomic_write_text
 from nexperia_utils.reporting.published import ROW_KEYS, ROW_LABELS, format_cell
 
@@ -308,6 +311,33 @@ def checkpoint_metrics(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     per_checkpoint = results[["checkpoint", "epoch", "val_auc", *keys, "accuracy", "binary_accuracy"]]
     mean_std = (results[keys].agg(["mean", "std"]) * 100).round(2)
     return per_checkpoint, mean_std
+
+
+@dataclass
+class KeptCheckpoints:
+    """The test metrics of a run's kept checkpoints; shows itself in a notebook as two tables."""
+
+    results: pd.DataFrame
+
+    @property
+    def per_checkpoint(self) -> pd.DataFrame:
+        return checkpoint_metrics(self.results)[0]
+
+    @property
+    def mean_std(self) -> pd.DataFrame:
+        return checkpoint_metrics(self.results)[1]
+
+    def _repr_html_(self) -> str:
+        shown = self.per_checkpoint
+        styled = shown.style.format({c: "{:.4f}" for c in shown.columns if c not in ("checkpoint", "epoch")})
+        return (f"{styled.hide(axis='index').to_html()}<p>mean and std over the {len(shown)} checkpoints (%):</p>"
+                f"{self.mean_std.to_html()}")
+
+
+def kept_checkpoint_metrics(run_dir: Path, part: SplitData, top_k: int, device: str = "auto",
+                            crop: str = "center") -> KeptCheckpoints:
+    """Evaluate the ``top_k`` kept checkpoints of a run on ``part`` (:func:`evaluate_run`, one crop style)."""
+    return KeptCheckpoints(evaluate_run(Path(run_dir), part, crops=[crop], top_k=top_k, device=device))
 
 
 def format_fraction_columns(frame: pd.DataFrame, columns: Sequence[str], decimals: int = 2) -> pd.DataFrame:

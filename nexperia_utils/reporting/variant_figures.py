@@ -17,12 +17,12 @@ from matplotlib.figure import Figure
 
 from nexperia_utils.errors import DataError
 from nexperia_utils.analysis.explain import overlay
-from nexperia_utils.analysis.model_variants import IDENTITY_VALUES
+from nexperia_utils.analysis.variant_inspection import IDENTITY_VALUES
 from nexperia_utils.reporting.figures import new_figure
 
 Box = tuple[float, float, float, float]
 
-#: Axis labels of the :func:`nexperia_utils.analysis.model_variants.theta_frame` columns.
+#: Axis labels of the :func:`nexperia_utils.analysis.variant_inspection.theta_frame` columns.
 THETA_LABELS: dict[str, str] = {
     "theta11": "theta11 (x from x)", "theta12": "theta12 (x from y)", "theta13": "theta13 = tx (translation x)",
     "theta21": "theta21 (y from x)", "theta22": "theta22 (y from y)", "theta23": "theta23 = ty (translation y)",
@@ -53,7 +53,7 @@ def plot_stn_examples(inputs: np.ndarray, transformed: np.ndarray, captions: Seq
     """Figure 2 of the report: a row of input images and, below, the same images after the STN.
 
     ``inputs`` and ``transformed`` are ``(n, H, W)`` grey images in [0, 1]
-    (:func:`nexperia_utils.analysis.model_variants.stn_views`); ``captions`` one per column.
+    (:func:`nexperia_utils.analysis.variant_inspection.stn_views`); ``captions`` one per column.
     """
     inputs, transformed = _check_images(inputs, "inputs"), _check_images(transformed, "transformed")
     if inputs.shape != transformed.shape or len(captions) != len(inputs):
@@ -82,7 +82,7 @@ def plot_stn_examples(inputs: np.ndarray, transformed: np.ndarray, captions: Seq
 def plot_theta_distribution(frame: pd.DataFrame, title: str = "", bins: int = 30) -> Figure:
     """Histograms of the learned transform parameters over a set of images, good vs defect.
 
-    ``frame`` is :func:`nexperia_utils.analysis.model_variants.theta_frame` output (numeric parameter columns and
+    ``frame`` is :func:`nexperia_utils.analysis.variant_inspection.theta_frame` output (numeric parameter columns and
     optionally ``group``). A dashed line marks each parameter's value at the identity transform
     (where the STN starts); the legend gives mean and std per group.
     """
@@ -141,7 +141,7 @@ def plot_attention_maps(images: np.ndarray, maps: Sequence[np.ndarray], boxes: S
     Args:
         images: ``(n, S, S)`` grey images in [0, 1] (the model inputs, denormalised).
         maps: one ``(n, S, S)`` array per attention layer, non-negative
-            (:func:`nexperia_utils.analysis.model_variants.attention_maps`); each map is scaled to a maximum of 1
+            (:func:`nexperia_utils.analysis.variant_inspection.attention_maps`); each map is scaled to a maximum of 1
             for display, so colours compare positions within a map, not maps with each other.
         boxes: the defect box of each image in model-input pixels (``(x, y, w, h)``) or ``None``.
         captions: one per image (column title).

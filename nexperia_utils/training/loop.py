@@ -35,6 +35,7 @@ from nexperia_utils.training.distributed import (
     RankBatchShard, World, all_reduce_sum, barrier, broadcast_from_main, current_world,
 )
 from nexperia_utils.errors import ConfigError
+from nexperia_utils.validation import check_choice, check_int, check_number
 from nexperia_utils.evaluation.predict import predict_proba
 from nexperia_utils.training.losses import build_loss
 from nexperia_utils.io import atomic_write, atomic_write_csv
@@ -115,27 +116,18 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.top_k < 1:
-            raise ConfigError("epochs, batch_size and top_k must be >= 1")
-        if self.world_size < 1 or self.batch_size % self.world_size:
-            raise ConfigError(f"world_size must be >= 1 and divide batch_size; got world_size {self.world_size}, "
-                              f"batch_size {self.batch_size}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if not self.stn_lr_factor > 0:
-            raise ConfigError(f"stn_lr_factor must be > 0, got {self.stn_lr_factor}")
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler must be one of {list(SCHEDULERS)}, got {self.scheduler!r}")
-        if self.augmentation not in AUGMENTATIONS:
-            raise ConfigError(f"augmentation must be one of {list(AUGMENTATIONS)}, got {self.augmentation!r}")
         from nexperia_utils.models.builders import INPUT_NORMS
 
-        if self.input_norm not in INPUT_NORMS:
-            raise ConfigError(f"input_norm must be one of {list(INPUT_NORMS)}, got {self.input_norm!r}")
-        if self.train_crop not in CROP_STYLES:
-            raise ConfigError(f"train_crop must be one of {list(CROP_STYLES)}, got {self.train_crop!r}")
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        for name in ("epochs", "batch_size", "top_k", "world_size"):
+            check_int(name, getattr(self, name), 1)
+        if self.batch_size % self.world_size:
+            raise ConfigError(f"world_size must divide batch_size; got world_size {self.world_size}, "
+                              f"batch_size {self.batch_size}")
+        check_number("stn_lr_factor", self.stn_lr_factor, 0, include_low=False)
+        choices = {"optimizer": ("sgd", "adamw"), "scheduler": SCHEDULERS, "augmentation": AUGMENTATIONS,
+                   "input_norm": INPUT_NORMS, "train_crop": CROP_STYLES, "sampler": SAMPLERS}
+        for name, valid in choices.items():
+            check_choice(name, getattr(self, name), valid)
         if self.sampler in ("bootstrap", "without_replacement") and self.sampler_per_class < 1:
             raise ConfigError("a class-balanced sampler needs sampler_per_class >= 1")
         if self.train_crop != "center" and self.loss.startswith("sat"):

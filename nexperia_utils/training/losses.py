@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nexperia_utils.errors import ConfigError, DataError
+from nexperia_utils.validation import check_choice, check_int, check_number
 
 __all__ = [
     "LOSS_NAMES",
@@ -71,8 +72,7 @@ def _check_batch(logits: torch.Tensor, targets: torch.Tensor, indices: torch.Ten
 
 
 def _check_epoch(epoch: int) -> None:
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-        raise ValueError(f"epoch must be a non-negative integer (0-based), got {epoch!r}")
+    check_int("epoch (0-based)", epoch, 0, error=ValueError)
 
 
 class CrossEntropy(nn.Module):
@@ -128,16 +128,11 @@ class SelfAdaptiveTraining(nn.Module):
         boost: Mapping[int, float] | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ConfigError(f"SAT num_classes must be an integer >= 2, got {num_classes!r}")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ConfigError(f"SAT num_samples must be a positive integer, got {num_samples!r}")
-        if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) < 1.0:
-            raise ConfigError(f"SAT alpha (momentum of the soft targets) must be in [0, 1), got {alpha!r}")
-        if isinstance(sat_es, bool) or not isinstance(sat_es, int) or sat_es < 0:
-            raise ConfigError(f"SAT sat_es (first SAT epoch, 0-based) must be an integer >= 0, got {sat_es!r}")
-        if mod not in SAT_MODS:
-            raise ConfigError(f"SAT mod must be one of {list(SAT_MODS)}, got {mod!r}")
+        check_int("num_classes", num_classes, 2, where="SAT")
+        check_int("num_samples", num_samples, 1, where="SAT")
+        check_number("alpha (momentum of the soft targets)", alpha, 0, 1, include_high=False, where="SAT")
+        check_int("sat_es (first SAT epoch, 0-based)", sat_es, 0, where="SAT")
+        check_choice("mod", mod, SAT_MODS, where="SAT")
         labels = torch.as_tensor(train_labels).detach().to("cpu")
         if labels.ndim != 1 or labels.shape[0] != num_samples:
             raise DataError(
@@ -164,10 +159,8 @@ class SelfAdaptiveTraining(nn.Module):
             if not boost:
                 raise ConfigError("SAT mod='bad_boost' needs boost={class_index: factor, ...} (non-empty)")
             for cls, factor in boost.items():
-                if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)) or not 0 <= cls < num_classes:
-                    raise ConfigError(f"SAT boost class index must be in [0, {num_classes - 1}], got {cls!r}")
-                if not isinstance(factor, (int, float)) or not float(factor) > 0 or not np.isfinite(factor):
-                    raise ConfigError(f"SAT boost factor for class {cls} must be a positive number, got {factor!r}")
+                check_int("boost class index", cls, 0, num_classes - 1, where="SAT")
+                check_number(f"boost factor for class {cls}", factor, 0, include_low=False, where="SAT")
                 multipliers[int(cls)] = float(factor)
         elif boost:
             raise ConfigError(f"SAT boost multipliers only apply to mod='bad_boost', not mod={mod!r}")
@@ -273,14 +266,9 @@ class WeightedBinaryCE(nn.Module):
         if num_classes < 2:
             raise ConfigError(f"WBCE start_epochs needs one start epoch per class (>= 2 classes), got {starts!r}")
         for c, e in enumerate(starts):
-            if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 0:
-                raise ConfigError(f"WBCE start epoch of class {c} must be an integer >= 0, got {e!r}")
-        if isinstance(negative_index, bool) or not isinstance(negative_index, (int, np.integer)) or not (
-            0 <= negative_index < num_classes
-        ):
-            raise ConfigError(f"WBCE negative_index must be in [0, {num_classes - 1}], got {negative_index!r}")
-        if not isinstance(m, (int, float)) or not float(m) >= 0 or not np.isfinite(m):
-            raise ConfigError(f"WBCE m (weight of the binary term) must be a number >= 0, got {m!r}")
+            check_int(f"start epoch of class {c}", e, 0, where="WBCE")
+        check_int("negative_index", negative_index, 0, num_classes - 1, where="WBCE")
+        check_number("m (weight of the binary term)", m, 0, where="WBCE")
         self.num_classes = num_classes
         self.negative_index = int(negative_index)
         self.m = float(m)

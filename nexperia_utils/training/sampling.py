@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Sampler
 
 from nexperia_utils.errors import ConfigError, DataError
+from nexperia_utils.validation import check_int
 
 __all__ = ["ClassBalancedSampler"]
 
@@ -37,12 +38,10 @@ class ClassBalancedSampler(Sampler[int]):
             raise DataError(f"ClassBalancedSampler needs a non-empty 1-D sequence of labels, got shape {arr.shape}")
         if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
             raise DataError(f"ClassBalancedSampler labels must be integer class indices, got dtype {arr.dtype}")
-        if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
-            raise ConfigError(f"ClassBalancedSampler per_class must be a positive integer, got {per_class!r}")
+        check_int("per_class", per_class, 1, where="ClassBalancedSampler")
         if not isinstance(replacement, (bool, np.bool_)):
             raise ConfigError(f"ClassBalancedSampler replacement must be True ('B') or False ('S'), got {replacement!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"ClassBalancedSampler seed must be a non-negative integer, got {seed!r}")
+        check_int("seed", seed, 0, where="ClassBalancedSampler")
         self.per_class = int(per_class)
         self.replacement = bool(replacement)
         self.seed = int(seed)
@@ -53,8 +52,7 @@ class ClassBalancedSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the draw of ``epoch`` (0-based)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        check_int("epoch", epoch, 0, error=ValueError)
         self.epoch = int(epoch)
 
     def counts(self) -> dict[int, int]:

@@ -25,15 +25,10 @@ device = "auto"
 %matplotlib inline
 import logging
 
-import pandas as pd
-from IPython.display import display
-
-from nexperia_utils.evaluation import metrics
 from nexperia_utils.config import get_profile
-from nexperia_utils.evaluation.predict import evaluate_run, predict_proba
 from nexperia_utils.experiment import open_experiment, train_model
-from nexperia_utils.reporting import checkpoint_metrics, plot_roc, plot_training_curves, save_figure
-from nexperia_utils.training.checkpoints import list_checkpoints, load_checkpoint
+from nexperia_utils.reporting import (kept_checkpoint_metrics, plot_best_checkpoint_roc, plot_training_curves,
+                                      save_figure)
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 P = get_profile(profile, image_size=image_size)
@@ -59,22 +54,15 @@ fig
 # gives the mean (std) over them.
 
 # %%
-results = evaluate_run(result.run_dir, exp.part("test"), crops=["center"], top_k=P.top_k, device=device)
-shown, mean_std = checkpoint_metrics(results)
-display(shown.style.format({c: "{:.4f}" for c in shown.columns if c not in ("checkpoint", "epoch")}))
-print("mean over checkpoints (%):")
-display(mean_std)
+test = exp.part("test")
+kept = kept_checkpoint_metrics(result.run_dir, test, P.top_k, device)
+kept
 
 # %% [markdown]
 # ## ROC curve of the best checkpoint on the test part
 
 # %%
-best = list_checkpoints(result.run_dir)[0]
-model, meta = load_checkpoint(best["path"], device="cpu")
-test = exp.part("test")
-probs = predict_proba(model, test, meta["config"]["image_size"], "center")
-y = metrics.is_defect(test.labels, exp.negative_index)
-fig = plot_roc({f"{run} epoch {best['epoch']}": (y, metrics.defect_score(probs, exp.negative_index))},
-               title=f"Test ROC, {run}")
+fig = plot_best_checkpoint_roc(kept.results, test, exp.outputs / "runs", exp.negative_class,
+                               title=f"Test ROC of the best checkpoint, {run}")
 save_figure(fig, exp.figures_dir(), f"02_roc_{run}")
 fig

@@ -38,15 +38,14 @@ import pandas as pd
 from IPython.display import display
 
 from nexperia_utils.config import get_profile
-from nexperia_utils.evaluation.predict import evaluate_run
 from nexperia_utils.experiment import open_experiment, train_model
 from nexperia_utils.models.builders import DISPLAY_NAMES
-from nexperia_utils.reporting import checkpoint_metrics, plot_training_curves, save_figure
+from nexperia_utils.reporting import kept_checkpoint_metrics, plot_training_curves, save_figure
 from nexperia_utils.training.checkpoints import list_checkpoints, load_checkpoint
 from nexperia_utils.reporting.variant_figures import plot_stn_examples, plot_theta_distribution
-from nexperia_utils.analysis.model_variants import (
-    eval_inputs, example_indices, run_overview, stn_health, stn_run_name, stn_thetas, stn_training_settings,
-    stn_views, theta_frame,
+from nexperia_utils.analysis.model_variants import run_overview, stn_run_name, stn_training_settings
+from nexperia_utils.analysis.variant_inspection import (
+    eval_inputs, example_indices, stn_health, stn_thetas, stn_views, theta_frame,
 )
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -77,11 +76,8 @@ fig
 
 # %%
 test = exp.part("test")
-results = evaluate_run(result.run_dir, test, crops=["center"], top_k=P.top_k, device=device)
-shown, mean_std = checkpoint_metrics(results)
-display(shown.style.format({c: "{:.4f}" for c in shown.columns if c not in ("checkpoint", "epoch")}))
-print("mean over checkpoints (%):")
-display(mean_std)
+kept = kept_checkpoint_metrics(result.run_dir, test, P.top_k, device)
+kept
 
 # %% [markdown]
 # ## Figure 2: test images before and after the learned transform

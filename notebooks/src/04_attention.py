@@ -36,7 +36,6 @@ from IPython.display import Markdown, display
 from nexperia_utils.evaluation import metrics
 from nexperia_utils.models.attention import ResNetAtt2
 from nexperia_utils.config import get_profile
-from nexperia_utils.training.checkpoints import prediction_file
 from nexperia_utils.evaluation.predict import evaluate_run
 from nexperia_utils.evaluation.operating_points import BootstrapConfig, operating_point_table, write_operating_points
 from nexperia_utils.experiment import open_experiment, train_model
@@ -45,15 +44,17 @@ from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.evaluation.pixel_reference import reference_note, with_pixel_reference
 from nexperia_utils.reporting.published import published_caption, published_table
 from nexperia_utils.reporting import (
-    checkpoint_metrics, plot_roc, plot_training_curves, save_figure, side_by_side, write_table,
+    kept_checkpoint_metrics, plot_best_checkpoint_roc, plot_training_curves, save_figure, side_by_side, write_table,
 )
 from nexperia_utils.data.boxes import box_lookup, input_boxes
 from nexperia_utils.training.checkpoints import list_checkpoints, load_checkpoint
 from nexperia_utils.data.transforms import denormalise
 from nexperia_utils.reporting.variant_figures import plot_attention_maps
 from nexperia_utils.analysis.model_variants import (
-    att2_layer_table, attention_maps, conv6_gradient_norm, eval_inputs, example_indices,
     require_finished_runs, run_overview, table2, table2_caption, table2_runs,
+)
+from nexperia_utils.analysis.variant_inspection import (
+    att2_layer_table, attention_maps, conv6_gradient_norm, eval_inputs, example_indices,
 )
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -106,11 +107,7 @@ fig
 # ## Test metrics of the kept checkpoints (centre crop)
 
 # %%
-results = evaluate_run(result.run_dir, test, crops=["center"], top_k=k, device=device)
-shown, mean_std = checkpoint_metrics(results)
-display(shown.style.format({c: "{:.4f}" for c in shown.columns if c not in ("checkpoint", "epoch")}))
-print("mean over checkpoints (%):")
-display(mean_std)
+kept_checkpoint_metrics(result.run_dir, test, k, device)
 
 # %% [markdown]
 # ## Where the model looks: attention maps on defect test images
@@ -214,11 +211,7 @@ if assemble_table2:
 
 # %%
 if assemble_table2:
-    curves = {}
-    for model_name, group in all_results.groupby("model", sort=False):
-        best_epoch = group.sort_values("val_auc", ascending=False)["epoch"].iloc[0]
-        pred = pd.read_csv(prediction_file(exp.run_dir(group["run"].iloc[0]), "test", "center", best_epoch))
-        curves[model_name] = (pred["label"] != exp.negative_class, pred["defect_score"])
-    fig = plot_roc(curves, title="Test ROC of each model's best checkpoint (centre crop)")
+    fig = plot_best_checkpoint_roc(all_results, test, exp.outputs / "runs", exp.negative_class,
+                                   title="Test ROC of each model's best checkpoint (centre crop)")
     save_figure(fig, exp.figures_dir(), "04_roc_table2")
     display(fig)

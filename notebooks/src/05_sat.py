@@ -50,6 +50,7 @@ from IPython.display import Markdown, display
 
 from nexperia_utils.evaluation import metrics
 
+from nexperia_utils.analysis import sat_weight_figures as sat_figures
 from nexperia_utils.analysis import sat_weights as nl
 from nexperia_utils.config import get_profile
 from nexperia_utils.experiment import open_experiment
@@ -227,7 +228,7 @@ for name, run_dir in sat_runs.items():
     if annotations is None:
         continue
     summaries[LOSS_LABELS[name]] = {**nl.detection_summary(frame), "label_mass_floor": nl.sat_label_mass_floor(run_dir)}
-    fig = nl.plot_mislabel_detection(frame, nl.weight_trajectories(run_dir, exp.split),
+    fig = sat_figures.plot_mislabel_detection(frame, nl.weight_trajectories(run_dir, exp.split),
                                      sat_es=nl.sat_start_epoch(run_dir),
                                      title=f"{LOSS_LABELS[name]} ({run_dir.name}): SAT weights of the training "
                                            f"images as a mislabel detector, epoch {int(frame['epoch'].iloc[0])}")
@@ -265,7 +266,7 @@ if summaries:
 # %%
 for name, frame in weight_frames.items():
     run_dir = sat_runs[name]
-    fig = nl.lowest_weight_gallery(frame, exp.data_root, n=gallery_size,
+    fig = sat_figures.lowest_weight_gallery(frame, exp.data_root, n=gallery_size,
                                    title=f"{LOSS_LABELS[name]}: the {min(gallery_size, len(frame))} training images "
                                          f"with the lowest SAT weight")
     save_figure(fig, exp.figures_dir(), f"05_lowest_weights_{run_dir.name}")

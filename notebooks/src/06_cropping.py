@@ -30,7 +30,6 @@ from IPython.display import Markdown, display
 
 from nexperia_utils.evaluation import metrics
 from nexperia_utils.config import get_profile
-from nexperia_utils.training.checkpoints import prediction_file
 from nexperia_utils.evaluation.predict import evaluate_run
 from nexperia_utils.experiment import open_experiment, run_name, train_model
 from nexperia_utils.models.builders import DISPLAY_NAMES
@@ -41,7 +40,7 @@ from nexperia_utils.evaluation.operating_points import (BootstrapConfig, operati
 from nexperia_utils.evaluation.pixel_reference import reference_note, with_pixel_reference
 from nexperia_utils.reporting.published import published_table
 from nexperia_utils.reporting import (
-    CROP_LABELS, plot_crop_bars, plot_metric_per_epoch, plot_roc, save_figure, side_by_side, summary_table, write_table,
+    CROP_LABELS, plot_crop_bars, plot_metric_per_epoch, plot_best_checkpoint_roc, save_figure, side_by_side, summary_table, write_table,
 )
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -108,14 +107,8 @@ save_figure(fig, exp.figures_dir(), "06_fpr100_per_crop")
 fig
 
 # %%
-curves = {}
-for model_name, group in results.groupby("model", sort=False):
-    best_ckpt = group.sort_values("val_auc", ascending=False)["epoch"].iloc[0]
-    run = group["run"].iloc[0]
-    for crop in crops:
-        pred = pd.read_csv(prediction_file(exp.run_dir(run), "test", crop, best_ckpt))
-        curves[f"{model_name} {CROP_LABELS[crop]}"] = (pred["label"] != exp.negative_class, pred["defect_score"])
-fig = plot_roc(curves, title="Test ROC of each model's best checkpoint, per crop style")
+fig = plot_best_checkpoint_roc(results, test, exp.outputs / "runs", exp.negative_class,
+                               title="Test ROC of each model's best checkpoint, per crop style")
 save_figure(fig, exp.figures_dir(), "06_roc_per_crop")
 fig
 

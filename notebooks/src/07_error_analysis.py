@@ -42,20 +42,17 @@ seed = 0
 %matplotlib inline
 import logging
 
-import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
-from scipy.stats import spearmanr
 
 from nexperia_utils.analysis import interpretation as ea
-from nexperia_utils.evaluation import metrics
+from nexperia_utils.analysis.interpretation import Interpretation
 from nexperia_utils.analysis import mislabels as ml
 from nexperia_utils.data.boxes import box_lookup, input_boxes, read_boxes
 from nexperia_utils.config import get_profile
-from nexperia_utils.evaluation.predict import predict_proba
 from nexperia_utils.experiment import open_experiment, run_name
-from nexperia_utils.analysis.explain import compute_gallery_heatmaps, localisation_table
-from nexperia_utils.analysis.galleries import gallery_figure, select_gallery
+from nexperia_utils.analysis.explain import localisation_table
+from nexperia_utils.analysis.galleries import gallery_figure
 from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.reporting.published import published_table
 from nexperia_utils.reporting import format_fraction_columns, save_figure, side_by_side, summary_table, write_table
@@ -64,18 +61,15 @@ logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(messag
 P = get_profile(profile)
 exp = open_experiment(P, data_root or None)
 run = run or run_name("resnet18", "ce", weights=P.weights)
-run_dir = exp.run_dir(run)
-A = ea.open_checkpoint(run_dir, checkpoint, device=device, split_hash=exp.split_hash)
+interp = Interpretation.from_experiment(exp, run, "test", checkpoint, crop, device)
+A, test, pred, y = interp.checkpoint, interp.part, interp.predictions, interp.y_defect
 k_ckpt = top_k or P.top_k
-test = exp.part("test", A.image_size)
-pred = ea.checkpoint_predictions(A, test, crop, device=device)
-y = metrics.is_defect(test.labels, A.negative_index)
 annotations = exp.annotations()
 noisy = ml.noisy_ids(annotations)
 boxes = box_lookup(read_boxes(boxes_csv) if boxes_csv else annotations)
 print(f"{run}, checkpoint of epoch {A.epoch} (val AUC {A.val_auc:.4f}), "
       f"{A.display_name} at {A.image_size} px, predictions with {crop} crop")
-print(f"test part: {len(test)} images, {int(y.sum())} defects; test AUC {metrics.roc_auc(y, pred['defect_score']):.4f}")
+print(f"test part: {len(test)} images, {int(y.sum())} defects; test AUC {interp.auc:.4f}")
 print(f"annotations: {'yes' if annotations is not None else 'none'} "
       f"({len(noisy & set(pred['image_id']))} annotated mislabels in the test part); boxes for {len(boxes)} images")
 
@@ -86,20 +80,17 @@ print(f"annotations: {'yes' if annotations is not None else 'none'} "
 # devices are rejected.
 
 # %%
-fig = ea.plot_confusion(ea.confusion_frame(pred["label"], pred["predicted"], A.classes),
-                        title=f"Confusion matrix, {run} epoch {A.epoch}, test part ({len(test)} images)")
+fig = interp.plot_confusion(title=f"Confusion matrix, {run} epoch {A.epoch}, test part ({len(test)} images)")
 save_figure(fig, exp.figures_dir(), f"07_confusion_{run}")
 display(fig)
-points = ea.operating_points(y, pred["defect_score"])
+points = interp.operating_points()
 atomic_write_csv(exp.tables_dir() / f"07_operating_points_{run}.csv", points)
 display(format_fraction_columns(points, ["tpr", "fpr"]).style.format({"threshold": "{:.4g}"}).hide(axis="index"))
 
 # %%
-thresholds = dict(zip(points["operating_point"], points["threshold"]))
-shown_thresholds = {name: thresholds[name] for name in points["operating_point"][[0, 1, len(points) - 1]]}
-fig = ea.plot_score_distributions(pred, A.classes, shown_thresholds, marked=noisy,
-                                  marked_label="annotated mislabel (defect filed as good)",
-                                  title=f"Test defect scores per filed class, {run} epoch {A.epoch}")
+thresholds = interp.thresholds()
+fig = interp.plot_score_distributions(marked=noisy, marked_label="annotated mislabel (defect filed as good)",
+                                      title=f"Test defect scores per filed class, {run} epoch {A.epoch}")
 save_figure(fig, exp.figures_dir(), f"07_scores_per_class_{run}")
 fig
 
@@ -118,30 +109,23 @@ fig
 cam_size = int(cam_image_size or max(A.image_size, 128))
 test_cam = exp.part("test", cam_size)
 threshold_991 = thresholds["TPR >= 99.1 %"]
-galleries = {
-    "missed": select_gallery(pred, A.negative_class, "missed", gallery_size, threshold=0.5),
-    "lowest_defects": select_gallery(pred, A.negative_class, "lowest_defects", gallery_size),
-    "highest_good": select_gallery(pred, A.negative_class, "highest_good", gallery_size),
-}
+galleries = interp.galleries(gallery_size)
 boxes_cam = input_boxes(test_cam.frame, boxes, exp.data_root, cam_size)
 with_box = [i for i, b in enumerate(boxes_cam) if b is not None]
 needed = set(with_box).union(*[set(g.index) for g in galleries.values()])
-heat = compute_gallery_heatmaps(A, test_cam, needed, cam_size, cam_method, device=device)
-if cam_size != A.image_size and len(heat.indices) >= 3:
-    cam_scores = metrics.defect_score(predict_proba(A.model, test_cam, cam_size, "center", device=device),
-                                      A.negative_index)
-    rho = spearmanr(cam_scores[heat.indices], pred["defect_score"].to_numpy()[heat.indices]).statistic
+heat = interp.heatmaps(test_cam, needed, cam_size, cam_method)
+rho = interp.cam_score_agreement(test_cam, heat)
+if rho is not None:
     print(f"heatmaps at {cam_size} px (training size {A.image_size} px): Spearman correlation of the defect "
           f"scores at the two sizes over the {len(heat.indices)} heatmapped images: {rho:.3f}")
 else:
     print(f"heatmaps at the training size, {cam_size} px ({len(heat.indices)} images)")
-escapes_991 = pred.loc[(pred["label"] != A.negative_class) & (pred["defect_score"] < threshold_991), "image_id"]
-flags = {i: "escape at TPR >= 99.1 %" for i in escapes_991}
+flags = {i: "escape at TPR >= 99.1 %" for i in interp.escapes(threshold_991)}
 truth = annotations.set_index("image_id") if annotations is not None else None
 flags.update({i: f"annotated: {truth.loc[i, 'true_class']}" for i in noisy})
 
 # %%
-n_missed = len(pred[(pred["label"] != A.negative_class) & (pred["defect_score"] < 0.5)])
+n_missed = len(interp.escapes(0.5))
 fig = gallery_figure(galleries["missed"], heat, boxes_cam, columns=gallery_columns, flags=flags,
                      n_total=len(pred),
                      title=f"Escapes at the default cut: defects with defect score < 0.5 "
@@ -160,7 +144,7 @@ save_figure(fig, exp.figures_dir(), f"07_gallery_lowest_defects_{run}")
 fig
 
 # %%
-n_false_alarms = int(((pred["label"] == A.negative_class) & (pred["defect_score"] >= threshold_991)).sum())
+n_false_alarms = len(interp.false_alarms(threshold_991))
 fig = gallery_figure(galleries["highest_good"], heat, boxes_cam, columns=gallery_columns, flags=flags,
                      n_total=len(pred),
                      title=f"Highest-scoring good images: likely mislabels ({n_false_alarms} good images rejected "
@@ -203,9 +187,8 @@ else:
 # annotations (precision and recall at K).
 
 # %%
-frames = [pred] + [ea.checkpoint_predictions(A, exp.part(p, A.image_size), crop, device=device)
-                   for p in mislabel_parts if p != "test"]
-sat_dir = exp.run_dir(sat_run) if sat_run else (run_dir if A.loss.startswith("sat") else None)
+frames = [pred] + [interp.predictions_of(exp.part(p, A.image_size)) for p in mislabel_parts if p != "test"]
+sat_dir = exp.run_dir(sat_run) if sat_run else (A.run_dir if A.loss.startswith("sat") else None)
 sat = (ml.sat_train_scores(sat_dir, exp.split, A.negative_class)
        if sat_dir is not None and "train" in mislabel_parts else None)
 print(f"SAT state: {sat_dir.name + ' epoch ' + str(sat['sat_epoch'].iloc[0]) if sat is not None else 'none'}")
@@ -274,10 +257,7 @@ if corrections is not None:
 # suspects circled.
 
 # %%
-emb_parts = [exp.part(p, A.image_size) for p in embedding_parts]
-features = np.concatenate([ea.penultimate_features(A.model, A.arch, p, A.image_size, device=device) for p in emb_parts])
-emb_ids = np.concatenate([p.frame["image_id"].astype(str).to_numpy() for p in emb_parts])
-emb_labels = np.concatenate([p.frame["label"].to_numpy() for p in emb_parts])
+features, emb_ids, emb_labels = interp.features([exp.part(p, A.image_size) for p in embedding_parts])
 print(f"features: {features.shape} from {', '.join(embedding_parts)}")
 coords = {"PCA": ea.embed_2d(features, "pca", seed), "t-SNE": ea.embed_2d(features, "tsne", seed)}
 marked = {i: f"true {truth.loc[x, 'true_class']}" for i, x in enumerate(emb_ids) if x in noisy} if noisy else {}

@@ -46,7 +46,7 @@ from IPython.display import Markdown, display
 
 from nexperia_utils.kaggle import layouts as kaggle
 
-from nexperia_utils.kaggle import submission
+from nexperia_utils.kaggle import submission, submission_file
 from nexperia_utils.config import get_profile
 from nexperia_utils.evaluation.predict import evaluate_run
 from nexperia_utils.experiment import cache_dir, open_experiment, run_name, train_model
@@ -113,7 +113,7 @@ display(pd.read_csv(submission_csv, dtype={"id": str}).head())
 # With the [Kaggle CLI](https://github.com/Kaggle/kaggle-api) and an API token in `~/.kaggle/kaggle.json`:
 
 # %%
-command = kaggle.submit_command(submission_csv, data.stage, message or prediction.describe())
+command = submission_file.submit_command(submission_csv, data.stage, message or prediction.describe())
 print(command)
 
 # %% [markdown]
@@ -123,7 +123,7 @@ print(command)
 key = submission.answer_key_for(kaggle_root)
 auc = None
 if key is not None:
-    auc = kaggle.score_submission(submission_csv, key)
+    auc = submission_file.score_submission(submission_csv, key)
     y = submission.key_labels(key, prediction.ids)
     print(f"ROC AUC of {submission_csv.name} against the hidden answer key {key.name}: {auc:.4f}")
     fig = plot_roc({prediction.label: (y, prediction.scores)},
