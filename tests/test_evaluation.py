@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -120,6 +121,7 @@ def test_best_checkpoint_predictions_read_the_cache_of_the_best_checkpoint_and_r
     from nexperia_utils.reporting import kept_checkpoint_metrics, plot_best_checkpoint_roc
 
     run_dir, test, _ = run
+    shutil.rmtree(run_dir / "predictions", ignore_errors=True)  # an earlier test doctors the cache on purpose
     kept = kept_checkpoint_metrics(run_dir, test, top_k=1, device="cpu")
     assert len(kept.per_checkpoint) == 1 and "mean and std" in kept._repr_html_()
     found = best_checkpoint_predictions(kept.results, test, run_dir.parent)

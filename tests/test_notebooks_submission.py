@@ -18,6 +18,7 @@ import pytest
 
 from helpers import run_notebook
 from nexperia_utils.kaggle import layouts as kaggle
+from nexperia_utils.kaggle import submission_file
 from nexperia_utils.data import synthetic
 from PIL import Image
 
@@ -46,11 +47,11 @@ def test_stage1_submission_on_the_synthetic_export(smoke_workdir):
     csv = outputs / "submission.csv"
     frame = pd.read_csv(csv, dtype={"id": str})
     assert list(frame.columns) == ["id", "label"]
-    kaggle.validate_submission(frame, kaggle.test_ids(data), stage=1)  # one row per test image, values in [0, 1]
+    submission_file.validate_submission(frame, kaggle.test_ids(data), stage=1)  # one row per test image, values in [0, 1]
     assert frame["id"].tolist() == kaggle.test_ids(data)
     # The smoke model (144 images, 32 px, 2 epochs) is too weak for a reliable AUC above 0.5 (measured
     # 0.27-0.53); test_submission_beats_chance below checks that on data a smoke model can learn.
-    auc = kaggle.score_submission(csv, key)
+    auc = submission_file.score_submission(csv, key)
     assert 0.0 <= auc <= 1.0
 
     run = outputs / "runs" / "resnet18-ce-kaggle1"
@@ -82,7 +83,7 @@ def test_stage2_submission(smoke_workdir):
     assert data.stage == 2
     frame = pd.read_csv(smoke_workdir / "outputs" / "smoke" / "submission.csv", dtype={"id": str})
     assert list(frame.columns) == ["id", "defect_score"]
-    kaggle.validate_submission(frame, kaggle.test_ids(data), stage=2)
+    submission_file.validate_submission(frame, kaggle.test_ids(data), stage=2)
     assert (smoke_workdir / "outputs" / "smoke" / "runs" / "resnet18-ce-kaggle2" / "done.json").is_file()
 
 
@@ -131,6 +132,6 @@ def test_submission_beats_chance(smoke_workdir, tmp_path):
     run_notebook(SUBMISSION, smoke_workdir, "08_easy.ipynb", data_root=str(root), run="resnet18-ce-easy1")
     csv = smoke_workdir / "outputs" / "smoke" / "submission.csv"
     data = kaggle.read_kaggle_layout(root)
-    kaggle.validate_submission(pd.read_csv(csv, dtype={"id": str}), kaggle.test_ids(data), stage=1)
-    auc = kaggle.score_submission(csv, synthetic.answer_key_path(root))
+    submission_file.validate_submission(pd.read_csv(csv, dtype={"id": str}), kaggle.test_ids(data), stage=1)
+    auc = submission_file.score_submission(csv, synthetic.answer_key_path(root))
     assert auc > 0.5, f"AUC {auc:.3f} against the answer key"
