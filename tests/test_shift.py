@@ -185,3 +185,23 @@ def test_inspector_routes_unfamiliar_images_to_review(tmp_path):
     same, _, _ = inspector.score_folder(run_dir, point, folder, device="cpu", progress=False,
                                         detector=lambda: nothing_unfamiliar)
     assert (same["decision"] == plain["decision"]).all() and not same["unfamiliar"].any()
+
+
+def test_model_outputs_make_one_forward_pass_per_part_and_change_no_number():
+    torch.manual_seed(0)
+    model = build_model("resnet18", len(CLASSES)).eval()
+    train_part, val, fam = make_part("train", 24, 0), make_part("val", 12, 1), make_part("test", 12, 2)
+    odd = {"bright": make_part("odd", 8, 3)}
+    odd["bright"].images[:] = 255 - odd["bright"].images
+    plain = ood.ood_table(model, train_part, val, fam, odd, 32)
+    plain_detector = ood.fit_detector(model, train_part, val, 32, 1)
+    outputs = ood.ModelOutputs(model, 32)
+    shared = ood.ood_table(model, train_part, val, fam, odd, 32, outputs=outputs)
+    detector = ood.fit_detector(model, train_part, val, 32, 1, outputs=outputs)
+    scores = detector.score(*outputs(fam))
+    assert outputs.passes == 4  # train, val, test and the odd group, once each
+    assert shared.equals(plain) and detector.threshold == plain_detector.threshold
+    assert np.array_equal(scores, plain_detector.score(*ood.logits_and_features(model, fam, 32)))
+    # another part under the same name (other images) is not mistaken for the cached one
+    outputs(make_part("test", 10, 2))
+    assert outputs.passes == 5

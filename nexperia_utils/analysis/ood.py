@@ -78,6 +78,28 @@ def logits_and_features(model: torch.nn.Module, part: SplitData, image_size: int
             torch.cat(features).flatten(1).cpu().numpy().astype(np.float64))
 
 
+class ModelOutputs:
+    """:func:`logits_and_features` of one model at one input size, computed once per part.
+
+    Parts are told apart by name and image ids, so the OOD table, the detector and the score plot
+    of notebook 09 share one forward pass per part instead of one each.
+    """
+
+    def __init__(self, model: torch.nn.Module, image_size: int, device: str | torch.device = "cpu",
+                 progress: bool = False) -> None:
+        self.model, self.image_size, self.device, self.progress = model, int(image_size), device, progress
+        self._done: dict[tuple[str, tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = {}
+        self.passes = 0  # forward passes over a part so far
+
+    def __call__(self, part: SplitData) -> tuple[np.ndarray, np.ndarray]:
+        key = (part.name, tuple(part.frame["image_id"].astype(str)))
+        if key not in self._done:
+            self._done[key] = logits_and_features(self.model, part, self.image_size, device=self.device,
+                                                  progress=self.progress)
+            self.passes += 1
+        return self._done[key]
+
+
 def max_softmax_score(logits: np.ndarray) -> np.ndarray:
     """``1 - max_c softmax(logits)_c``: 0 for a confident prediction, up to ``1 - 1/C``."""
     return 1.0 - softmax(np.asarray(logits, dtype=np.float64), axis=1).max(axis=1)
@@ -191,19 +213,22 @@ class OodDetector:
 
 def fit_detector(model: torch.nn.Module, train_part: SplitData, val_part: SplitData, image_size: int,
                  negative_index: int, fingerprint: str = "", method: str = "mahalanobis", quantile: float = 0.99,
-                 device: str | torch.device = "cpu", progress: bool = False) -> OodDetector:
-    """Fit ``method`` on the training features and set its threshold at the validation ``quantile``."""
+                 device: str | torch.device = "cpu", progress: bool = False,
+                 outputs: ModelOutputs | None = None) -> OodDetector:
+    """Fit ``method`` on the training features and set its threshold at the validation ``quantile``.
+
+    ``outputs`` (a :class:`ModelOutputs` of this model and size) reuses forward passes already made."""
     from nexperia_utils.evaluation import metrics
 
     if method not in OOD_METHODS:
         raise ConfigError(f"unknown OOD method {method!r}; choose one of {list(OOD_METHODS)}")
     if not 0.5 <= quantile < 1:
         raise ConfigError(f"quantile must be in [0.5, 1), got {quantile}")
+    outputs = outputs or ModelOutputs(model, image_size, device, progress)
     maha = None
     if method == "mahalanobis":
-        _, train_features = logits_and_features(model, train_part, image_size, device=device, progress=progress)
-        maha = Mahalanobis.fit(train_features, train_part.labels)
-    val_logits, val_features = logits_and_features(model, val_part, image_size, device=device, progress=progress)
+        maha = Mahalanobis.fit(outputs(train_part)[1], train_part.labels)
+    val_logits, val_features = outputs(val_part)
     val_scores = ood_scores(method, val_logits, val_features, maha)
     val_defect = metrics.defect_score(softmax(val_logits, axis=1), negative_index)
     return OodDetector(method, float(np.quantile(val_scores, quantile)), float(quantile), fingerprint, maha,
@@ -212,15 +237,15 @@ def fit_detector(model: torch.nn.Module, train_part: SplitData, val_part: SplitD
 
 def ood_table(model: torch.nn.Module, train_part: SplitData, val_part: SplitData, familiar: SplitData,
               unfamiliar: Mapping[str, SplitData], image_size: int, quantile: float = 0.99,
-              device: str | torch.device = "cpu", progress: bool = False) -> pd.DataFrame:
+              device: str | torch.device = "cpu", progress: bool = False,
+              outputs: ModelOutputs | None = None) -> pd.DataFrame:
     """Per OOD method: AUROC (percent) of each ``unfamiliar`` group against ``familiar``, and shares flagged.
 
     The Mahalanobis score is fitted on ``train_part``'s features; every method's threshold is the
-    ``quantile`` of its ``val_part`` scores, as :func:`fit_detector` sets it.
+    ``quantile`` of its ``val_part`` scores, as :func:`fit_detector` sets it. ``outputs`` (a
+    :class:`ModelOutputs` of this model and size) reuses forward passes already made.
     """
-    def outputs(part: SplitData) -> tuple[np.ndarray, np.ndarray]:
-        return logits_and_features(model, part, image_size, device=device, progress=progress)
-
+    outputs = outputs or ModelOutputs(model, image_size, device, progress)
     maha = Mahalanobis.fit(outputs(train_part)[1], train_part.labels)
     val, fam = outputs(val_part), outputs(familiar)
     groups = {name: outputs(part) for name, part in unfamiliar.items()}

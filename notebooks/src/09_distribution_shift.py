@@ -43,7 +43,7 @@ from nexperia_utils.training.checkpoints import list_checkpoints, load_checkpoin
 from nexperia_utils.config import get_profile
 from nexperia_utils.line.drift import drift_check, score_images
 from nexperia_utils.experiment import cache_dir, open_experiment, run_name, train_model
-from nexperia_utils.analysis.ood import OOD_METHODS, fit_detector, logits_and_features, ood_table
+from nexperia_utils.analysis.ood import OOD_METHODS, ModelOutputs, fit_detector, ood_table
 from nexperia_utils.evaluation.pixel_reference import fit_pixel_reference
 from nexperia_utils.reporting import save_figure, write_table
 from nexperia_utils.reporting.shift_figures import plot_ood_scores, plot_shift
@@ -141,16 +141,16 @@ fig
 groups = {g: shift.subset(b3_test, (b3_test.frame["true_class"] == g).to_numpy(), g)
           for g in ("camera_glitch", "tin_particle")}
 groups["batch 3 known classes"] = shift.subset(b3_test, (b3_test.labels >= 0), "batch3_known")
-ood = ood_table(model, exp.part("train"), b2_val, b2_test, groups, size, ood_quantile, device, exp.progress)
+outputs = ModelOutputs(model, size, device, exp.progress)  # one forward pass per part for the table, detector and plot
+ood = ood_table(model, exp.part("train"), b2_val, b2_test, groups, size, ood_quantile, outputs=outputs)
 caption = (f"OOD scores of the batch-2 ResNet18: AUROC (percent) against the {len(b2_test)} batch-2 test images, and "
            f"the share flagged at the {ood_quantile * 100:g} % quantile of the batch-2 validation scores.")
 write_table(ood.round(2), exp.tables_dir(), "shift_ood", caption, index_header="OOD score", row_labels={})
 display(ood.round(2))
 best_method = max(OOD_METHODS, key=lambda m: ood.loc[m, "AUROC camera_glitch"])
 detector = fit_detector(model, exp.part("train"), b2_val, size, negative, method=best_method,
-                        quantile=ood_quantile, device=device)
-scores = {part.name: detector.score(*logits_and_features(model, part, size, device=device))
-          for part in [b2_test, *groups.values()]}
+                        quantile=ood_quantile, outputs=outputs)
+scores = {part.name: detector.score(*outputs(part)) for part in [b2_test, *groups.values()]}
 fig = plot_ood_scores(scores, detector.threshold, best_method)
 save_figure(fig, exp.figures_dir(), "09_ood_scores")
 fig
