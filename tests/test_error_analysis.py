@@ -437,3 +437,27 @@ def test_interpretation_object_views_and_heatmaps_computed_once(tiny_run, monkey
     assert set(interp.predictions_of(val)["part"]) == {"val"} and interp.predictions_of(test) is pred
     feats, ids, labels = interp.features([test, val])
     assert feats.shape == (24, 512) and list(ids[:12]) == list(test.frame["image_id"].astype(str))
+
+
+def test_relabel_top_k_from_annotations_a_csv_or_nothing(tiny_run, tmp_path) -> None:
+    run_dir, (_, _, test) = tiny_run
+    analysis = ea.open_checkpoint(run_dir, "best")
+    interp = ea.Interpretation(analysis, test, ea.checkpoint_predictions(analysis, test))
+    ranking = ml.suspected_mislabels(interp.predictions, "good")
+    top = ml.top_test_ids(ranking, 2)
+    assert top == ranking[ranking["part"] == "test"].sort_values("rank")["image_id"].head(2).tolist()
+    assert ml.relabel_top_k(interp, ranking, 2) is None  # no annotations, no CSV: nothing to relabel
+    annotations = pd.DataFrame({"image_id": test.frame["image_id"], "label": test.frame["label"],
+                                "true_class": test.frame["label"], "noisy": False})
+    annotations.loc[annotations["image_id"] == top[0], "true_class"] = "scratch"
+    from_annotations = ml.relabel_top_k(interp, ranking, 2, top_k=1, annotations=annotations)
+    assert from_annotations.source == "the synthetic annotations" and from_annotations.top_ids == top
+    assert from_annotations.applied["image_id"].tolist() == ([top[0]] if test.frame.set_index("image_id").loc[
+        top[0], "label"] != "scratch" else [])
+    assert set(from_annotations.results["labels"]) == {"original", "corrected"} and len(from_annotations.results) == 2
+    csv = tmp_path / "corrections.csv"
+    pd.DataFrame({"image_id": top, "corrected_label": ["scratch", "scratch"]}).to_csv(csv, index=False)
+    from_csv = ml.relabel_top_k(interp, ranking, 2, top_k=1, annotations=annotations, corrections_csv=csv)
+    assert from_csv.source == f"`{csv}`"  # the CSV wins over the annotations
+    filed = test.frame.set_index("image_id").loc[top, "label"]
+    assert sorted(from_csv.applied["image_id"]) == sorted(i for i in top if filed[i] != "scratch")

@@ -25,6 +25,7 @@ the corrected test labels (same predictions, two label vectors): :func:`relabel_
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -36,7 +37,7 @@ from sklearn.metrics import average_precision_score
 
 from nexperia_utils.evaluation import metrics
 from nexperia_utils.data.dataset import SplitData
-from nexperia_utils.analysis.interpretation import CheckpointAnalysis, checkpoint_predictions
+from nexperia_utils.analysis.interpretation import CheckpointAnalysis, Interpretation, checkpoint_predictions
 from nexperia_utils.errors import ConfigError, DataError, preview
 from nexperia_utils.reporting.figures import new_figure
 
@@ -285,3 +286,39 @@ def relabel_results(analysis: CheckpointAnalysis, part: SplitData, corrected_lab
                          "val_auc": float(entry["val_auc"]),
                          **metrics.summarize(probs, labels, analysis.negative_index)})
     return pd.DataFrame(rows)
+
+
+@dataclass
+class Relabelling:
+    """Table 5's inputs: the top-K suspected test images, where their corrections come from, the ones
+    applied (``image_id, label, corrected_label``) and the metrics with both label sets."""
+
+    top_ids: list[str]
+    source: str
+    applied: pd.DataFrame
+    results: pd.DataFrame
+
+
+def top_test_ids(ranking: pd.DataFrame, k: int) -> list[str]:
+    """The ``k`` highest-ranked good-labelled test images of a :func:`suspected_mislabels` ranking."""
+    return ranking[ranking["part"] == "test"].sort_values("rank")["image_id"].head(int(k)).astype(str).tolist()
+
+
+def relabel_top_k(interp: Interpretation, ranking: pd.DataFrame, k: int, top_k: int | None = None,
+                  annotations: pd.DataFrame | None = None,
+                  corrections_csv: str | Path | None = None) -> Relabelling | None:
+    """Relabel the top-``k`` suspected test images and score the run's ``top_k`` checkpoints both ways.
+
+    Corrections come from ``corrections_csv`` (``image_id, corrected_label``) when given, else from
+    the synthetic ``annotations``; with neither, ``None`` (fill in :func:`corrections_template` first).
+    """
+    top_ids = top_test_ids(ranking, k)
+    if corrections_csv:
+        corrections, source = read_corrections(Path(corrections_csv), interp.checkpoint.classes), f"`{corrections_csv}`"
+    elif annotations is not None:
+        corrections, source = corrections_from_annotations(annotations, top_ids), "the synthetic annotations"
+    else:
+        return None
+    corrected, applied = apply_corrections(interp.part.frame, corrections, top_ids)
+    results = relabel_results(interp.checkpoint, interp.part, corrected, interp.crop, top_k, interp.device)
+    return Relabelling(top_ids, source, applied, results)

@@ -222,21 +222,15 @@ else:
 # Table 3).
 
 # %%
-top_ids = ranking[ranking["part"] == "test"].sort_values("rank")["image_id"].head(K).tolist()
-template = ml.corrections_template(ranking, K)
-atomic_write_csv(exp.outputs / "corrections_template.csv", template)
-if corrections_csv:
-    corrections, source = ml.read_corrections(corrections_csv, A.classes), f"`{corrections_csv}`"
-elif annotations is not None:
-    corrections, source = ml.corrections_from_annotations(annotations, top_ids), "the synthetic annotations"
-else:
-    corrections, source = None, None
+atomic_write_csv(exp.outputs / "corrections_template.csv", ml.corrections_template(ranking, K))
+relabelled = ml.relabel_top_k(interp, ranking, K, k_ckpt, annotations, corrections_csv)
+top_ids = ml.top_test_ids(ranking, K)
+if relabelled is None:
     print(f"No corrections: fill in {exp.outputs / 'corrections_template.csv'} (column corrected_label) and rerun "
           f"with corrections_csv=<that file>; Table 5 is not written.")
-if corrections is not None:
-    corrected_labels, applied = ml.apply_corrections(test.frame, corrections, top_ids)
+else:
+    t5, applied, source = relabelled.results, relabelled.applied, relabelled.source
     atomic_write_csv(exp.tables_dir() / "table5_corrections.csv", applied)
-    t5 = ml.relabel_results(A, test, corrected_labels, crop, k_ckpt, device=device)
     t5.to_csv(exp.tables_dir() / "table5_checkpoints.csv", index=False)
     table5 = summary_table(t5, columns=("model",))
     origin = "ImageNet-pretrained" if P.weights == "imagenet" else "trained from scratch (no ImageNet weights)"
