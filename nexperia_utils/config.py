@@ -149,7 +149,7 @@ def validate_profile(profile: Profile) -> None:
     for name, valid in choices.items():
         check_choice(name, getattr(profile, name), valid, where=where)
     for name in ("lr", "sat_lr"):
-        check_number(name, profile.lr if name == "lr" else profile.sat_lr, 0, include_low=False, where=where)
+        check_number(name, getattr(profile, name), 0, include_low=False, where=where)
     check_int("num_workers", profile.num_workers, 0, where=where)
 
 

@@ -29,12 +29,8 @@ def _prefix(where: str) -> str:
 def check_choice(name: str, value: T, choices: Iterable[Any], *, where: str = "",
                  error: type[ValueError] = ConfigError) -> T:
     """``value`` if it is one of ``choices``; otherwise ``error`` listing them."""
-    options = list(choices)
-    try:
-        ok = value in options
-    except TypeError:  # an unhashable value against a mapping's keys
-        ok = False
-    if not ok:
+    options = list(choices)  # a mapping gives its keys; membership in a list compares with ==
+    if value not in options:
         raise error(f"{_prefix(where)}{name} must be one of {options}, got {value!r}")
     return value
 

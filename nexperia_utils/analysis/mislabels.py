@@ -224,7 +224,7 @@ def read_corrections(path: Path, classes: Sequence[str]) -> pd.DataFrame:
 
 def corrections_template(ranking: pd.DataFrame, k: int) -> pd.DataFrame:
     """The top-``k`` test rows of the ranking with an empty ``corrected_label`` column to fill in."""
-    test = ranking[ranking["part"] == "test"].sort_values("rank").head(k)
+    test = _top_test_rows(ranking, k)
     return pd.DataFrame({"image_id": test["image_id"].to_numpy(), "rank_in_test": test["rank_in_part"].to_numpy(),
                          "label": test["label"].to_numpy(), "defect_score": test["defect_score"].to_numpy(),
                          "corrected_label": ""})
@@ -299,9 +299,14 @@ class Relabelling:
     results: pd.DataFrame
 
 
+def _top_test_rows(ranking: pd.DataFrame, k: int) -> pd.DataFrame:
+    return ranking[ranking["part"] == "test"].sort_values("rank").head(int(k))
+
+
 def top_test_ids(ranking: pd.DataFrame, k: int) -> list[str]:
-    """The ``k`` highest-ranked good-labelled test images of a :func:`suspected_mislabels` ranking."""
-    return ranking[ranking["part"] == "test"].sort_values("rank")["image_id"].head(int(k)).astype(str).tolist()
+    """The ``k`` highest-ranked good-labelled test images of a :func:`suspected_mislabels` ranking
+    (the images :func:`corrections_template` lists)."""
+    return _top_test_rows(ranking, k)["image_id"].astype(str).tolist()
 
 
 def relabel_top_k(interp: Interpretation, ranking: pd.DataFrame, k: int, top_k: int | None = None,
