@@ -1,22 +1,20 @@
 """tools/gpu_check.py at a tiny size on the CPU, as a subprocess (as on the GPU machine), so it cannot rot."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from tool_loader import load_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "gpu_check.py"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("gpu_check", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("gpu_check")
 
 
 def test_epochs_fit_the_budget():

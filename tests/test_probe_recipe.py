@@ -1,22 +1,11 @@
 """tools/probe_recipe.py (the LEARNING.md probes) on the smoke profile, so it cannot rot."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-TOOL = ROOT / "tools" / "probe_recipe.py"
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("probe_recipe", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_loader import load_tool
 
 
 def test_probe_trains_with_the_overrides_and_prints_test_metrics(workdir, capsys):
-    _load_tool().main(["--profile", "smoke", "--scale", "0.004", "--epochs", "1", "--run", "probe"])
+    load_tool("probe_recipe").main(["--profile", "smoke", "--scale", "0.004", "--epochs", "1", "--run", "probe"])
     out = capsys.readouterr().out
     assert "best validation AUC" in out and "fpr@99.1" in out and "mean" in out
     run_config = (workdir / "outputs" / "smoke" / "runs" / "probe" / "config.json").read_text()
