@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     result = train_model(exp, args.arch, run=args.run or f"{args.arch}-probe")
     print(f"training {result.train_time_s:.0f} s, best validation AUC {result.best_val_auc:.4f} at epoch {result.best_epoch}")
     print(result.history[["epoch", "train_loss", "val_auc", "val_loss"]].round(4).to_string(index=False))
-    kept = kept_checkpoint_metrics(result.run_dir, exp.part("test"), profile.top_k, "auto")
+    kept = kept_checkpoint_metrics(result.run_dir, exp.part("test"), profile.top_k)
     print(kept.per_checkpoint.to_string(index=False))
     print(kept.mean_std.to_string())
 
