@@ -439,6 +439,25 @@ def test_interpretation_object_views_and_heatmaps_computed_once(tiny_run, monkey
     assert feats.shape == (24, 512) and list(ids[:12]) == list(test.frame["image_id"].astype(str))
 
 
+def test_localisation_by_layer_matches_the_table_of_each_layer(tiny_run) -> None:
+    run_dir, (_, _, test) = tiny_run
+    analysis = ea.open_checkpoint(run_dir, "best")
+    interp = ea.Interpretation(analysis, test, ea.checkpoint_predictions(analysis, test))
+    boxes = [(4.0, 6.0, 10.0, 8.0) if i % 3 == 0 else None for i in range(len(test))]
+    groups = test.frame["label"].to_numpy()
+    table = interp.localisation_by_layer(test, boxes, groups, 32)
+    assert table[["layer", "method"]].values.tolist() == [
+        [layer, method] for layer in ("layer1", "layer2", "layer3", "layer4") for method in ("gradcam", "layercam")]
+    assert table.loc[table["auto"], "layer"].unique().tolist() == ["layer1"]  # 8x8 at 32 px
+    assert table["feature_map"].tolist()[::2] == ["8x8", "4x4", "2x2", "1x1"]
+    assert (table["n"] == 4).all() and np.allclose(table["chance"], 80 / 1024)
+    for _, row in table.iterrows():
+        heat = interp.heatmaps(test, [i for i, b in enumerate(boxes) if b], 32, row["method"], layer=row["layer"])
+        direct, _ = explain.localisation_table(heat, boxes, groups)
+        assert row["pointing_game"] == direct.loc["all", "pointing_game"]
+        assert row["mass_in_box"] == pytest.approx(direct.loc["all", "mass_in_box"])
+
+
 def test_relabel_top_k_from_annotations_a_csv_or_nothing(tiny_run, tmp_path) -> None:
     run_dir, (_, _, test) = tiny_run
     analysis = ea.open_checkpoint(run_dir, "best")

@@ -13,6 +13,7 @@ from torchvision import transforms
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.analysis.explain import (
     DefectScoreTarget,
+    auto_cam_layer,
     compute_heatmaps,
     heatmaps_to_input_space,
     localisation_scores,
@@ -101,6 +102,87 @@ def test_target_layer_choice(random_models) -> None:
     assert target_layers(vgg, "vgg19_bn") == [vgg.features[-2]]  # last ReLU, before the last max pool
     att = random_models("resnet18_att2")
     assert target_layers(att, "resnet18_att2") == [att.backbone.layer3[-1], att.backbone.layer4[-1]]
+
+
+def test_named_target_layers(random_models) -> None:
+    resnet = random_models("resnet34")
+    assert target_layers(resnet, "resnet34", "layer2") == [resnet.layer2[-1]]
+    att = random_models("resnet18_att2")
+    assert target_layers(att, "resnet18_att2", "layer3") == [att.backbone.layer3[-1]]
+    vgg = random_models("vgg19_bn")
+    pools = [i for i, m in enumerate(vgg.features) if isinstance(m, torch.nn.MaxPool2d)]
+    assert target_layers(vgg, "vgg19_bn", "block5") == [vgg.features[pools[4] - 1]]
+    assert target_layers(vgg, "vgg19_bn", "block4") == [vgg.features[pools[3] - 1]]
+    assert isinstance(target_layers(vgg, "vgg19_bn", "block3")[0], torch.nn.ReLU)
+    assert target_layers(vgg, "vgg19_bn", "block2") == [vgg.features[pools[1] - 1]]
+    with pytest.raises(ConfigError, match="layer2"):
+        target_layers(vgg, "vgg19_bn", "layer2")
+    with pytest.raises(ConfigError, match="block3"):
+        target_layers(resnet, "resnet34", "block3")
+
+
+@pytest.mark.parametrize("arch, size, expected", [
+    ("resnet18", 224, "layer4"),   # 7x7, the report's layer
+    ("resnet50", 128, "layer3"),   # layer4 4x4, layer3 8x8
+    ("resnet18", 64, "layer2"),    # layer4 2x2, layer3 4x4, layer2 8x8
+    ("resnet18_stn", 96, "layer2"),  # layer3 6x6
+    ("resnet18", 32, "layer1"),    # 8x8
+    ("resnet18", 16, "layer1"),    # nothing reaches 7: the finest candidate
+    ("vgg19_bn", 224, "block5"),   # 14x14 before the last pool
+    ("vgg19_bn", 64, "block4"),    # block5 4x4, block4 8x8
+])
+def test_auto_cam_layer_keeps_at_least_a_7x7_map(arch: str, size: int, expected: str) -> None:
+    assert auto_cam_layer(arch, size) == expected
+
+
+def test_auto_layer_reads_layer2_at_64px(random_models) -> None:
+    model = random_models("resnet18")
+    torch.manual_seed(5)
+    images = torch.randn(2, 3, 64, 64)
+    coarse = compute_heatmaps(model, images, "resnet18", NEGATIVE)
+    fine = compute_heatmaps(model, images, "resnet18", NEGATIVE, layer="auto")
+    direct = compute_heatmaps(model, images, "resnet18", NEGATIVE, layer="layer2")
+    np.testing.assert_array_equal(fine, direct)
+    assert fine.shape == coarse.shape == (2, 64, 64)
+    assert np.abs(fine - coarse).max() > 0.05
+
+
+def _direct_cam(model: torch.nn.Module, images: torch.Tensor, layer: torch.nn.Module, method: str) -> np.ndarray:
+    """Grad-CAM / LayerCAM of the defect score written out: activations A and gradients G of the layer,
+    Grad-CAM = ReLU(sum_k mean(G_k) A_k), LayerCAM = ReLU(sum_k ReLU(G_k) A_k); upsampled, min-max scaled."""
+    import cv2
+
+    kept: dict[str, torch.Tensor] = {}
+    handle = layer.register_forward_hook(lambda m, i, out: kept.update(a=out))
+    model.eval()
+    try:
+        logits = model(images)
+    finally:
+        handle.remove()
+    activation = kept["a"]
+    score = (1.0 - torch.softmax(logits, dim=1)[:, NEGATIVE]).sum()
+    (grad,) = torch.autograd.grad(score, activation)
+    weights = grad.mean(dim=(2, 3), keepdim=True) if method == "gradcam" else grad.clamp_min(0)
+    cams = (weights * activation).sum(dim=1).clamp_min(0).detach().numpy()
+    out = []
+    for cam in cams:
+        cam = cv2.resize(cam, (images.shape[3], images.shape[2]))
+        cam = cam - cam.min()
+        out.append(cam / (cam.max() + 1e-7))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_cam_formulas_against_a_direct_computation(method: str, random_models) -> None:
+    model = random_models("resnet18")
+    torch.manual_seed(6)
+    images = torch.randn(2, 3, 64, 64)
+    maps = compute_heatmaps(model, images, "resnet18", NEGATIVE, method=method, layer="layer2")
+    expected = _direct_cam(model, images, model.layer2[-1], method)
+    assert not any(_is_degenerate(maps))
+    np.testing.assert_allclose(maps, expected, atol=5e-3)
+    other = _direct_cam(model, images, model.layer2[-1], "layercam" if method == "gradcam" else "gradcam")
+    assert np.abs(maps - other).max() > 0.1  # the two formulas differ: the comparison can fail
 
 
 def test_stn_heatmap_with_identity_transform_equals_backbone_heatmap(random_models) -> None:

@@ -4,6 +4,8 @@
 (:class:`Heatmaps`); :func:`localisation_table` scores them against the boxes per class (pointing game,
 mass in the box, chance).
 
+Methods (:data:`METHODS`): Grad-CAM (the report's), Grad-CAM++ and LayerCAM, all from pytorch-grad-cam.
+
 The heatmaps explain the *defect score* (``1 - p(good)``, the sum of the defect-class softmax
 probabilities; :class:`DefectScoreTarget`), the quantity the ROC analysis ranks images by.
 
@@ -22,9 +24,12 @@ Target layers (:func:`target_layers`), one choice per architecture:
   maps the attention blocks read; pytorch-grad-cam scales each layer's map to [0, 1] and
   averages them. At small inputs ``layer4`` alone is too coarse (2x2 at 64 px).
 
-A note on small inputs: a 32 px input gives ResNet's ``layer4`` (and VGG's last block, after
-the pool) a 1x1 map, so the heatmap is constant and pytorch-grad-cam's min-max scaling returns
-zeros. Use 64 px or more (the full profile uses 224).
+A note on small inputs: the last block's map shrinks with the input (ResNet ``layer4`` is 2x2
+at 64 px, 1x1 at 32 px: a constant heatmap that pytorch-grad-cam's min-max scaling turns into
+zeros), so a box of a few pixels cannot be pointed at. ``layer="auto"`` (:func:`auto_cam_layer`)
+reads the deepest layer whose map is still at least 7x7, the resolution of the report's
+``layer4`` at 224 px: ``layer4`` at 224 px, ``layer3`` at 128 px, ``layer2`` at 64 px; any layer of
+:func:`cam_layers` can be named instead.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import nn
 
@@ -53,24 +58,68 @@ if TYPE_CHECKING:  # the analysis imports this module
 logger = logging.getLogger(__name__)
 
 #: Supported CAM methods and their pytorch-grad-cam classes.
-METHODS: dict[str, type] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+#: LayerCAM (Jiang et al. 2021) weights every activation by its own positive gradient instead of a
+#: channel's mean gradient, which keeps shallow layers' maps sharp.
+METHODS: dict[str, type] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM}
 
 Box = tuple[float, float, float, float]
 
 
 # --------------------------------------------------------------------------- heatmaps
-def target_layers(model: nn.Module, arch: str) -> list[nn.Module]:
-    """The layers Grad-CAM reads for ``arch`` (see the module docstring for the choice)."""
+#: Feature-map stride of the layers Grad-CAM can read: the ResNet stages and, for VGG, the
+#: output of each convolution block before its max pool.
+RESNET_LAYER_STRIDES: dict[str, int] = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+VGG_BLOCK_STRIDES: dict[str, int] = {"block2": 2, "block3": 4, "block4": 8, "block5": 16}
+#: Smallest feature map ``"auto"`` accepts: the report's ``layer4`` at 224 px is 7x7.
+MIN_CAM_MAP = 7
+
+
+def cam_layers(arch: str) -> dict[str, int]:
+    """The layers :func:`target_layers` can read for ``arch`` with their feature-map strides."""
+    return RESNET_LAYER_STRIDES if backbone_name(arch).startswith("resnet") else VGG_BLOCK_STRIDES
+
+
+def auto_cam_layer(arch: str, image_size: int) -> str:
+    """The deepest layer of ``arch`` whose feature map is at least :data:`MIN_CAM_MAP` pixels wide
+    at ``image_size`` (the shallowest one when none is): ``layer4`` at 224 px as in the report,
+    ``layer2`` (8x8) at 64 px where ``layer4`` is 2x2."""
+    check_int("image_size", image_size, 1)
+    strides = cam_layers(arch)
+    fine = [name for name, stride in strides.items() if image_size // stride >= MIN_CAM_MAP]
+    return fine[-1] if fine else next(iter(strides))
+
+
+def target_layers(model: nn.Module, arch: str, layer: str | None = None) -> list[nn.Module]:
+    """The layers Grad-CAM reads for ``arch``.
+
+    ``layer=None`` gives the standard choice of the module docstring (the last block); a name of
+    :func:`cam_layers` (``"layer1"``-``"layer4"`` for the ResNets, ``"block2"``-``"block5"`` for
+    VGG: the last ReLU of that block, before its pool) reads that layer instead.
+    """
     arch = canonical_arch(arch)
-    if arch == "resnet18_att2":
-        return [model.backbone.layer3[-1], model.backbone.layer4[-1]]
     backbone = backbone_module(model, arch)
+    if layer is not None:
+        if layer not in cam_layers(arch):
+            raise ConfigError(f"Unknown Grad-CAM layer {layer!r} for {arch}; use one of {list(cam_layers(arch))}, "
+                              "'auto' or None.")
+        if backbone_name(arch).startswith("resnet"):
+            return [getattr(backbone, layer)[-1]]
+        return [_vgg_block_relus(backbone, arch)[int(layer[-1]) - 1]]
+    if arch == "resnet18_att2":
+        return [backbone.layer3[-1], backbone.layer4[-1]]
     if backbone_name(arch).startswith("resnet"):
         return [backbone.layer4[-1]]
-    relus = [m for m in backbone.features if isinstance(m, nn.ReLU)]
+    return [_vgg_block_relus(backbone, arch)[-1]]
+
+
+def _vgg_block_relus(backbone: nn.Module, arch: str) -> list[nn.Module]:
+    """The last ReLU of each convolution block of a torchvision VGG (the one before each max pool)."""
+    layers = list(backbone.features)
+    relus = [layers[i - 1] for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d) and i > 0
+             and isinstance(layers[i - 1], nn.ReLU)]
     if not relus:
-        raise ConfigError(f"No ReLU found in the features of the {arch} model; is it a torchvision VGG?")
-    return [relus[-1]]
+        raise ConfigError(f"No ReLU before a max pool in the features of the {arch} model; is it a torchvision VGG?")
+    return relus
 
 
 class DefectScoreTarget:
@@ -128,6 +177,7 @@ def compute_heatmaps(
     method: str = "gradcam",
     batch_size: int = 16,
     device: str | torch.device = "cpu",
+    layer: str | None = None,
 ) -> np.ndarray:
     """Grad-CAM (or Grad-CAM++) heatmaps of the defect score for normalised model inputs.
 
@@ -139,6 +189,8 @@ def compute_heatmaps(
         method: ``"gradcam"`` or ``"gradcam++"``.
         batch_size: images per Grad-CAM pass.
         device: where to compute; the model is moved there and back afterwards.
+        layer: the layer to read (:func:`target_layers`): None for the last block, ``"auto"`` for
+            :func:`auto_cam_layer` at the images' size, or a name of :func:`cam_layers`.
 
     Returns:
         ``(N, H, W)`` float32 heatmaps in [0, 1] aligned with the input pixels (for the STN
@@ -154,6 +206,9 @@ def compute_heatmaps(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive; got {batch_size}.")
     target = DefectScoreTarget(negative_index)
+    if layer == "auto":
+        layer = auto_cam_layer(arch, int(images.shape[-1]))
+    layers = target_layers(model, arch, layer)
     device = torch.device(device)
     parameter = next(model.parameters())
     original_device, was_training = parameter.device, model.training
@@ -161,7 +216,7 @@ def compute_heatmaps(
     results: list[np.ndarray] = []
     model.to(device)
     try:
-        with torch.enable_grad(), METHODS[method](model=model, target_layers=target_layers(model, arch)) as cam:
+        with torch.enable_grad(), METHODS[method](model=model, target_layers=layers) as cam:
             for start in range(0, len(images), batch_size):
                 batch = images[start:start + batch_size].to(device=device, dtype=parameter.dtype)
                 maps = cam(input_tensor=batch, targets=[target] * len(batch))
@@ -356,6 +411,7 @@ class Heatmaps:
     maps: np.ndarray  # (n, H, W) in [0, 1]
     image_size: int
     method: str
+    layer: str | None = None
 
     def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         position = int(np.flatnonzero(self.indices == index)[0])
@@ -367,22 +423,25 @@ class Heatmaps:
 
 def compute_gallery_heatmaps(analysis: CheckpointAnalysis, part: SplitData, indices: Iterable[int],
                              image_size: int, method: str = "gradcam", device: str | torch.device = "cpu",
-                             batch_size: int = 16) -> Heatmaps:
+                             batch_size: int = 16, layer: str | None = None) -> Heatmaps:
     """Grad-CAM heatmaps (:func:`compute_heatmaps`) of the defect score for the
     images ``indices`` of ``part``, on their centre crops of ``image_size`` (``part`` decoded for that
-    size: ``exp.part(name, image_size)``)."""
+    size: ``exp.part(name, image_size)``), read at ``layer`` (``"auto"`` is resolved here, so
+    ``Heatmaps.layer`` names the layer used)."""
     indices = np.array(sorted(set(int(i) for i in indices)), dtype=int)
+    if layer == "auto":
+        layer = auto_cam_layer(analysis.arch, int(image_size))
     if part.images.shape[1] != resize_size_for(image_size):
         raise ConfigError(f"the {part.name} part is decoded at {part.images.shape[1]} px, not for {image_size} px crops "
                           f"({resize_size_for(image_size)} px); pass exp.part({part.name!r}, {image_size})")
     if len(indices) == 0:
         empty = np.zeros((0, image_size, image_size), dtype=np.float32)
-        return Heatmaps(indices, empty, empty.copy(), image_size, method)
+        return Heatmaps(indices, empty, empty.copy(), image_size, method, layer)
     dataset = part.dataset(eval_transform(image_size, "center"))
     batch = torch.stack([dataset[int(i)][0] for i in indices])
     maps = compute_heatmaps(analysis.model, batch, analysis.arch, analysis.negative_index,
-                            method=method, batch_size=batch_size, device=resolve_device(device))
-    return Heatmaps(indices, denormalise(batch), maps, image_size, method)
+                            method=method, batch_size=batch_size, device=resolve_device(device), layer=layer)
+    return Heatmaps(indices, denormalise(batch), maps, image_size, method, layer)
 
 
 def localisation_table(heatmaps: Heatmaps, boxes: Sequence[tuple | None], groups: Sequence[str],

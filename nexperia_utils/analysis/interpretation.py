@@ -53,7 +53,8 @@ from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.evaluation.metrics import threshold_at_tpr  # re-exported: it lived here before it moved to metrics
 from nexperia_utils.data.transforms import eval_transform
 from nexperia_utils.analysis.error_figures import plot_confusion, plot_embeddings, plot_score_distributions
-from nexperia_utils.analysis.explain import Heatmaps, compute_gallery_heatmaps
+from nexperia_utils.analysis.explain import (Heatmaps, auto_cam_layer, cam_layers, compute_gallery_heatmaps,
+                                            localisation_table)
 from nexperia_utils.analysis.galleries import select_gallery
 
 if TYPE_CHECKING:
@@ -392,18 +393,43 @@ class Interpretation:
 
     # ---- heatmaps and features
     def heatmaps(self, part: SplitData, indices: Iterable[int], image_size: int,
-                 method: str = "gradcam") -> Heatmaps:
+                 method: str = "gradcam", layer: str | None = "auto") -> Heatmaps:
         """Grad-CAM heatmaps of the images ``indices`` of ``part`` on their ``image_size`` centre crops
-        (``part`` decoded for that size: ``exp.part(name, image_size)``); each image's map is computed
-        once per size and method, so later calls pay only for images not seen yet."""
-        key = (int(image_size), method)
+        (``part`` decoded for that size: ``exp.part(name, image_size)``), read at ``layer``
+        (:func:`~nexperia_utils.analysis.explain.compute_heatmaps`); each image's map is computed
+        once per size, method and layer, so later calls pay only for images not seen yet."""
+        if layer == "auto":
+            layer = auto_cam_layer(self.checkpoint.arch, int(image_size))
+        key = (int(image_size), method, layer)
         have = self._heatmaps.get(key)
         new = sorted(set(int(i) for i in indices) - (set() if have is None else set(have.indices.tolist())))
         if new or have is None:
-            made = compute_gallery_heatmaps(self.checkpoint, part, new, int(image_size), method, device=self.device)
+            made = compute_gallery_heatmaps(self.checkpoint, part, new, int(image_size), method,
+                                           device=self.device, layer=layer)
             have = made if have is None else _merge_heatmaps(have, made)
             self._heatmaps[key] = have
         return have
+
+    def localisation_by_layer(self, part: SplitData, boxes: Sequence[tuple | None], groups: Sequence[str],
+                              image_size: int, methods: Sequence[str] = ("gradcam", "layercam")) -> pd.DataFrame:
+        """The pointing game and mass in the box (the ``all`` row of
+        :func:`~nexperia_utils.analysis.explain.localisation_table`) of every layer Grad-CAM can read
+        (:func:`~nexperia_utils.analysis.explain.cam_layers`) and every method of ``methods``, over the
+        images of ``part`` with a box (``boxes`` in ``image_size`` pixels): how much the choice of layer
+        and method matters at this input size. One row per (layer, method) with the layer's feature-map
+        size; ``auto`` marks :func:`auto_cam_layer`'s choice."""
+        arch = self.checkpoint.arch
+        with_box = [i for i, b in enumerate(boxes) if b is not None]
+        chosen = auto_cam_layer(arch, int(image_size))
+        rows = []
+        for layer, stride in cam_layers(arch).items():
+            side = int(image_size) // stride
+            for method in methods:
+                heat = self.heatmaps(part, with_box, image_size, method, layer=layer)
+                summary, _ = localisation_table(heat, boxes, groups)
+                rows.append({"layer": layer, "method": method, "feature_map": f"{side}x{side}", "auto": layer == chosen,
+                             **summary.loc["all", ["n", "pointing_game", "mass_in_box", "chance"]].to_dict()})
+        return pd.DataFrame(rows)
 
     def cam_score_agreement(self, part: SplitData, heatmaps: Heatmaps) -> float | None:
         """Spearman correlation between the defect scores at ``part``'s size and at the training size over
@@ -434,4 +460,4 @@ class Interpretation:
 def _merge_heatmaps(a: Heatmaps, b: Heatmaps) -> Heatmaps:
     order = np.argsort(np.concatenate([a.indices, b.indices]), kind="stable")
     return Heatmaps(np.concatenate([a.indices, b.indices])[order], np.concatenate([a.images, b.images])[order],
-                    np.concatenate([a.maps, b.maps])[order], a.image_size, a.method)
+                    np.concatenate([a.maps, b.maps])[order], a.image_size, a.method, a.layer)

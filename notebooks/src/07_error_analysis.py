@@ -25,7 +25,8 @@ run = None                     # None: run_name("resnet18", "ce"), the profile's
 checkpoint = "best"            # "best" (highest validation AUC) or the epoch of a kept checkpoint
 crop = "center"                # crop style of the predictions: center | five | ten (heatmaps: centre crop)
 cam_method = "gradcam"         # gradcam | gradcam++
-cam_image_size = None          # Grad-CAM input size; None: the training size, at least 128 px (see below)
+cam_image_size = None          # Grad-CAM input size; None: the training size (see below)
+cam_layer = "auto"             # layer Grad-CAM reads: auto (deepest with a >= 7x7 map), layer1-4 (ResNets), block2-5 (VGG)
 gallery_size = 12              # images per gallery
 gallery_columns = 6
 top_k_relabel = 46             # K: top suspected test images relabelled for Table 5 (the report: 46)
@@ -96,30 +97,32 @@ fig
 
 # %% [markdown]
 # ## Grad-CAM heatmaps
-# Heatmaps explain the defect score (`explain.DefectScoreTarget`) at the last convolution block.
-# ResNets downsample 32x: at a 64 px input `layer4` is 2x2 and at 32 px 1x1 (a constant map), so by
-# default the heatmaps are computed on the centre crop at `cam_image_size` = max(training size, 128) px.
-# The ResNets are fully convolutional up to the global pool, so a larger input is valid, but the
-# model then sees the device larger than in training: the Spearman correlation below compares the
-# defect scores at the CAM size with those at the training size (close to 1: the heatmaps explain
-# the same decisions). Captions give the image id, filed label, defect score and rank (1 = highest
-# score of the test part) at the evaluation size; annotated boxes are dashed.
+# Heatmaps explain the defect score (`explain.DefectScoreTarget`) on the centre crop at the training
+# size. ResNets downsample 32x: the report's layer, `layer4`, is 7x7 at 224 px but 2x2 at 64 px,
+# too coarse to point at a defect of a few pixels. `cam_layer = "auto"` reads the deepest layer whose
+# map is still at least 7x7 (`explain.auto_cam_layer`: `layer2`, 8x8, at 64 px); the table of the
+# localisation section compares every layer. A larger `cam_image_size` is valid too (the ResNets are
+# fully convolutional up to the global pool), but the model then sees the device larger than in
+# training: the Spearman correlation printed then compares the defect scores at the two sizes (close
+# to 1: the heatmaps explain the same decisions). Captions give the image id, filed label, defect score
+# and rank (1 = highest score of the test part) at the evaluation size; annotated boxes are dashed.
 
 # %%
-cam_size = int(cam_image_size or max(A.image_size, 128))
+cam_size = int(cam_image_size or A.image_size)
 test_cam = exp.part("test", cam_size)
 threshold_991 = thresholds["TPR >= 99.1 %"]
 galleries = interp.galleries(gallery_size)
 boxes_cam = input_boxes(test_cam.frame, boxes, exp.data_root, cam_size)
 with_box = [i for i, b in enumerate(boxes_cam) if b is not None]
 needed = set(with_box).union(*[set(g.index) for g in galleries.values()])
-heat = interp.heatmaps(test_cam, needed, cam_size, cam_method)
+heat = interp.heatmaps(test_cam, needed, cam_size, cam_method, layer=cam_layer)
 rho = interp.cam_score_agreement(test_cam, heat)
 if rho is not None:
     print(f"heatmaps at {cam_size} px (training size {A.image_size} px): Spearman correlation of the defect "
           f"scores at the two sizes over the {len(heat.indices)} heatmapped images: {rho:.3f}")
 else:
     print(f"heatmaps at the training size, {cam_size} px ({len(heat.indices)} images)")
+print(f"{cam_method} reads {heat.layer or 'the last block'}")
 flags = {i: "escape at TPR >= 99.1 %" for i in interp.escapes(threshold_991)}
 truth = annotations.set_index("image_id") if annotations is not None else None
 flags.update({i: f"annotated: {truth.loc[i, 'true_class']}" for i in noisy})
@@ -170,12 +173,31 @@ if loc_summary.loc["all", "n"] == 0:
 else:
     loc_images.insert(1, "image_id", test_cam.frame["image_id"].to_numpy()[loc_images["index"]])
     atomic_write_csv(exp.tables_dir() / f"07_localisation_per_image_{run}.csv", loc_images)
-    caption = (f"Localisation of {cam_method} heatmaps ({run}, epoch {A.epoch}, {cam_size} px input) on the "
+    caption = (f"Localisation of {cam_method} heatmaps at {heat.layer or 'the last block'} ({run}, epoch {A.epoch}, "
+               f"{cam_size} px input) on the "
                f"{int(loc_summary.loc['all', 'n'])} test images with a defect box, per annotated class, in %.")
     loc_table = format_fraction_columns(loc_summary, ["pointing_game", "mass_in_box", "chance"], 1)
     write_table(loc_table, exp.tables_dir(), f"07_localisation_{run}", caption, index_header="class", row_labels={})
     display(Markdown(caption))
     display(loc_table)
+
+# %% [markdown]
+# The same scores for every layer the heatmaps can read, with Grad-CAM and LayerCAM (which weights each
+# activation by its own positive gradient, so shallow layers stay sharp): how much of the localisation
+# is the method's resolution rather than the model.
+
+# %%
+if loc_summary.loc["all", "n"] > 0:
+    by_layer = interp.localisation_by_layer(test_cam, boxes_cam, groups, cam_size)
+    caption = (f"Localisation per Grad-CAM layer and method ({run}, epoch {A.epoch}, {cam_size} px input, "
+               f"{int(by_layer['n'].iloc[0])} boxed test defects), in %; auto = the layer of `cam_layer='auto'`.")
+    by_layer.index = by_layer["layer"] + " " + by_layer["method"]
+    layer_table = format_fraction_columns(by_layer.drop(columns=["layer", "method", "n"]),
+                                          ["pointing_game", "mass_in_box", "chance"], 1)
+    write_table(layer_table, exp.tables_dir(), f"07_localisation_layers_{run}", caption,
+                index_header="layer, method", row_labels={})
+    display(Markdown(caption))
+    display(layer_table)
 
 # %% [markdown]
 # ## Suspected mislabels
