@@ -15,11 +15,13 @@ from nexperia_utils.analysis.explain import (
     DefectScoreTarget,
     auto_cam_layer,
     compute_heatmaps,
+    grid_peak_pixels,
     heatmaps_to_input_space,
     localisation_scores,
     map_box_to_input,
     mass_in_box,
     overlay,
+    pointing_bound,
     pointing_game,
     target_layers,
 )
@@ -298,6 +300,33 @@ def test_pointing_game_hit_miss_and_edges() -> None:
         pointing_game(-heat, (0, 0, 1, 1))
     with pytest.raises(DataError):
         pointing_game(heat, (0, 0, -1, 1))
+
+
+def test_grid_peak_pixels_by_hand() -> None:
+    # 8 -> 64 px: an inner node k sits between pixels 8k + 3 and 8k + 4 (cv2's half-pixel centres); a
+    # border node owns the pixels between it and the border (the interpolation is clamped there)
+    mask = grid_peak_pixels(8, 64)
+    rows = np.flatnonzero(mask.any(axis=1))
+    assert rows.tolist() == [0, 1, 2, 3, *[r for k in range(1, 7) for r in (8 * k + 3, 8 * k + 4)], 60, 61, 62, 63]
+    assert np.array_equal(mask, mask.T) and mask.sum() == len(rows) ** 2
+    assert not grid_peak_pixels(1, 64).any()  # a 1x1 map gives a constant heatmap: no peak
+    # every heatmap of an 8x8 map, upsampled as pytorch-grad-cam does, peaks on the mask
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        heat = scale_cam_image(rng.random((1, 8, 8)).astype(np.float32), (64, 64))[0]
+        r, c = np.unravel_index(np.argmax(heat), heat.shape)
+        assert mask[r, c]
+
+
+def test_pointing_bound_by_hand() -> None:
+    # 2x2 map at 64 px: the peak is always in a 16 px corner square
+    assert pointing_bound([(24, 24, 16, 16)], 2, 64) == 0.0  # a central box cannot be hit
+    assert pointing_bound([(0, 0, 4, 4), (24, 24, 16, 16), None, (5, 5, 0, 0)], 2, 64) == 0.5
+    # 8x8 map: a 2 px box on pixels 3-4 holds a node's pixels, one on pixels 5-6 does not
+    assert pointing_bound([(3, 3, 2, 2)], 8, 64) == 1.0
+    assert pointing_bound([(5.2, 5.2, 1.5, 1.5)], 8, 64) == 0.0
+    assert math.isnan(pointing_bound([None], 8, 64))
 
 
 def test_mass_in_box_by_hand() -> None:

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 from torch import nn
 
 from nexperia_utils.data.dataset import SplitData
@@ -338,6 +338,17 @@ def _check_heatmap(heatmap: np.ndarray) -> np.ndarray:
     return values
 
 
+def _peak_pixel(values: np.ndarray) -> tuple[int, int] | None:
+    """The pixel the pointing game uses: the maximal pixel nearest to the centroid of the maximal
+    pixels; None for a constant map."""
+    peak = values.max()
+    if peak == values.min():
+        return None
+    rows, cols = np.nonzero(values == peak)
+    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    return int(rows[nearest]), int(cols[nearest])
+
+
 def pointing_game(heatmap: np.ndarray, box: Sequence[float]) -> bool:
     """Whether the heatmap's maximum lies inside the box ``(x, y, w, h)`` (model-input pixels).
 
@@ -346,12 +357,44 @@ def pointing_game(heatmap: np.ndarray, box: Sequence[float]) -> bool:
     points nowhere: a miss.
     """
     values = _check_heatmap(heatmap)
-    peak = values.max()
-    if peak == values.min():
-        return False
-    rows, cols = np.nonzero(values == peak)
-    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
-    return bool(_box_mask(values.shape, box)[rows[nearest], cols[nearest]])
+    point = _peak_pixel(values)
+    return point is not None and bool(_box_mask(values.shape, box)[point])
+
+
+def grid_peak_pixels(grid: int, image_size: int) -> np.ndarray:
+    """Where the maximum of a ``grid`` x ``grid`` map can land once pytorch-grad-cam upsamples it to
+    ``image_size`` (``scale_cam_image``: bilinear): an ``(image_size, image_size)`` mask of the pixels
+    nearest to a node of the grid. A bilinear interpolation peaks next to its largest node, so the
+    pointing-game pixel of any heatmap read at that layer is one of them. A 1x1 map upsamples to a
+    constant heatmap, which points nowhere: an empty mask."""
+    check_int("grid", grid, 1)
+    check_int("image_size", image_size, 1)
+    mask = np.zeros((image_size, image_size), dtype=bool)
+    if grid == 1:
+        return mask
+    for k in range(grid * grid):
+        one_hot = np.zeros((1, grid, grid), dtype=np.float32)
+        one_hot.flat[k] = 1.0
+        up = scale_cam_image(one_hot, (image_size, image_size))[0]
+        mask |= up == up.max()
+    return mask
+
+
+def pointing_bound(boxes: Sequence[Sequence[float] | None], grid: int, image_size: int) -> float:
+    """The most any heatmap of a ``grid`` x ``grid`` layer can score in the pointing game on these boxes
+    (``image_size`` pixels): the share of the boxes holding a pixel of :func:`grid_peak_pixels`. Boxes
+    that are None or empty are skipped as in :func:`localisation_scores`; NaN when none is left."""
+    peaks = grid_peak_pixels(grid, image_size)
+    hits = []
+    for box in boxes:
+        if box is None:
+            continue
+        _, _, w, h = _check_box(box)
+        inside = _box_mask(peaks.shape, box)
+        if w <= 0 or h <= 0 or not inside.any():
+            continue
+        hits.append(bool((inside & peaks).any()))
+    return float(np.mean(hits)) if hits else float("nan")
 
 
 def mass_in_box(heatmap: np.ndarray, box: Sequence[float]) -> float:

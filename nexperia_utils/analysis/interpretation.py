@@ -54,7 +54,7 @@ from nexperia_utils.evaluation.metrics import threshold_at_tpr  # re-exported: i
 from nexperia_utils.data.transforms import eval_transform
 from nexperia_utils.analysis.error_figures import plot_confusion, plot_embeddings, plot_score_distributions
 from nexperia_utils.analysis.explain import (Heatmaps, auto_cam_layer, cam_layers, compute_gallery_heatmaps,
-                                            localisation_table)
+                                            localisation_table, pointing_bound)
 from nexperia_utils.analysis.galleries import select_gallery
 
 if TYPE_CHECKING:
@@ -417,18 +417,20 @@ class Interpretation:
         (:func:`~nexperia_utils.analysis.explain.cam_layers`) and every method of ``methods``, over the
         images of ``part`` with a box (``boxes`` in ``image_size`` pixels): how much the choice of layer
         and method matters at this input size. One row per (layer, method) with the layer's feature-map
-        size; ``auto`` marks :func:`auto_cam_layer`'s choice."""
+        size; ``auto`` marks :func:`auto_cam_layer`'s choice; ``pointing_bound`` is the most any heatmap of
+        that layer could score (:func:`~nexperia_utils.analysis.explain.pointing_bound`)."""
         arch = self.checkpoint.arch
         with_box = [i for i, b in enumerate(boxes) if b is not None]
         chosen = auto_cam_layer(arch, int(image_size))
-        rows = []
+        rows, bounds = [], {}
         for layer, stride in cam_layers(arch).items():
             side = int(image_size) // stride
             for method in methods:
                 heat = self.heatmaps(part, with_box, image_size, method, layer=layer)
                 summary, _ = localisation_table(heat, boxes, groups)
                 rows.append({"layer": layer, "method": method, "feature_map": f"{side}x{side}", "auto": layer == chosen,
-                             **summary.loc["all", ["n", "pointing_game", "mass_in_box", "chance"]].to_dict()})
+                             **summary.loc["all", ["n", "pointing_game", "mass_in_box", "chance"]].to_dict(),
+                             "pointing_bound": bounds.setdefault(side, pointing_bound(boxes, max(side, 1), int(image_size)))})
         return pd.DataFrame(rows)
 
     def cam_score_agreement(self, part: SplitData, heatmaps: Heatmaps) -> float | None:

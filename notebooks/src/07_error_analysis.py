@@ -184,7 +184,10 @@ else:
 # %% [markdown]
 # The same scores for every layer the heatmaps can read, with Grad-CAM and LayerCAM (which weights each
 # activation by its own positive gradient, so shallow layers stay sharp): how much of the localisation
-# is the method's resolution rather than the model.
+# is the method's resolution rather than the model. `pointing_bound` is the most any heatmap of that
+# layer could score on these boxes: an n x n map, upsampled bilinearly, peaks next to one of its n x n
+# nodes, so a box smaller than the node spacing that holds no such pixel can never be hit
+# (`explain.pointing_bound`).
 
 # %%
 if loc_summary.loc["all", "n"] > 0:
@@ -193,7 +196,7 @@ if loc_summary.loc["all", "n"] > 0:
                f"{int(by_layer['n'].iloc[0])} boxed test defects), in %; auto = the layer of `cam_layer='auto'`.")
     by_layer.index = by_layer["layer"] + " " + by_layer["method"]
     layer_table = format_fraction_columns(by_layer.drop(columns=["layer", "method", "n"]),
-                                          ["pointing_game", "mass_in_box", "chance"], 1)
+                                          ["pointing_game", "mass_in_box", "chance", "pointing_bound"], 1)
     write_table(layer_table, exp.tables_dir(), f"07_localisation_layers_{run}", caption,
                 index_header="layer, method", row_labels={})
     display(Markdown(caption))
