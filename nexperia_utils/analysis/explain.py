@@ -179,14 +179,14 @@ def compute_heatmaps(
     device: str | torch.device = "cpu",
     layer: str | None = None,
 ) -> np.ndarray:
-    """Grad-CAM (or Grad-CAM++) heatmaps of the defect score for normalised model inputs.
+    """Grad-CAM (or Grad-CAM++, LayerCAM) heatmaps of the defect score for normalised model inputs.
 
     Args:
         model: a model from :func:`nexperia_utils.models.builders.build_model` for ``arch``.
         images: ``(N, 3, H, W)`` tensor, preprocessed as for the model (normalised).
         arch: the architecture name (selects :func:`target_layers`).
         negative_index: index of the ``good`` class (look it up by name in the class list).
-        method: ``"gradcam"`` or ``"gradcam++"``.
+        method: a key of :data:`METHODS` (``"gradcam"``, ``"gradcam++"``, ``"layercam"``).
         batch_size: images per Grad-CAM pass.
         device: where to compute; the model is moved there and back afterwards.
         layer: the layer to read (:func:`target_layers`): None for the last block, ``"auto"`` for
