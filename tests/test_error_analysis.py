@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from nexperia_utils.data import boxes as bx
 from nexperia_utils.analysis import interpretation as ea
 from nexperia_utils.analysis import explain
+from nexperia_utils.analysis import localisation
 from nexperia_utils.analysis import galleries as gal
 from nexperia_utils.analysis import mislabels as ml
 from nexperia_utils.evaluation import metrics
@@ -452,7 +453,7 @@ def test_localisation_by_layer_matches_the_table_of_each_layer(tiny_run) -> None
     assert table["feature_map"].tolist()[::2] == ["8x8", "4x4", "2x2", "1x1"]
     assert (table["n"] == 4).all() and np.allclose(table["chance"], 80 / 1024)
     assert (table["pointing_game"] <= table["pointing_bound"]).all()
-    assert table["pointing_bound"].tolist()[::2] == [explain.pointing_bound(boxes, n, 32) for n in (8, 4, 2, 1)]
+    assert table["pointing_bound"].tolist()[::2] == [localisation.pointing_bound(boxes, n, 32) for n in (8, 4, 2, 1)]
     assert table["pointing_bound"].iloc[-1] == 0.0  # 1x1: a constant heatmap
     for _, row in table.iterrows():
         heat = interp.heatmaps(test, [i for i, b in enumerate(boxes) if b], 32, row["method"], layer=row["layer"])

@@ -11,18 +11,20 @@ from PIL import Image
 from torchvision import transforms
 
 from nexperia_utils.errors import ConfigError, DataError
+from nexperia_utils.analysis.localisation import (
+    grid_peak_pixels,
+    localisation_scores,
+    map_box_to_input,
+    mass_in_box,
+    pointing_bound,
+    pointing_game,
+)
 from nexperia_utils.analysis.explain import (
     DefectScoreTarget,
     auto_cam_layer,
     compute_heatmaps,
-    grid_peak_pixels,
     heatmaps_to_input_space,
-    localisation_scores,
-    map_box_to_input,
-    mass_in_box,
     overlay,
-    pointing_bound,
-    pointing_game,
     target_layers,
 )
 from nexperia_utils.models.builders import ARCHITECTURES, build_model

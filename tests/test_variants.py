@@ -25,7 +25,7 @@ from nexperia_utils.models.attention import ResNetAtt2
 from nexperia_utils.data.boxes import box_lookup, input_boxes
 from nexperia_utils.config import get_profile
 from nexperia_utils.errors import ConfigError, DataError
-from nexperia_utils.analysis.explain import map_box_to_input
+from nexperia_utils.analysis.localisation import map_box_to_input
 from nexperia_utils.models.builders import build_model
 from nexperia_utils.evaluation.pixel_reference import REFERENCE_NAME
 from nexperia_utils.reporting.published import ROW_KEYS

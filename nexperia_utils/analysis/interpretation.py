@@ -54,7 +54,8 @@ from nexperia_utils.evaluation.metrics import threshold_at_tpr  # re-exported: i
 from nexperia_utils.data.transforms import eval_transform
 from nexperia_utils.analysis.error_figures import plot_confusion, plot_embeddings, plot_score_distributions
 from nexperia_utils.analysis.explain import (Heatmaps, auto_cam_layer, cam_layers, compute_gallery_heatmaps,
-                                            localisation_table, pointing_bound)
+                                            localisation_table)
+from nexperia_utils.analysis.localisation import pointing_bound
 from nexperia_utils.analysis.galleries import select_gallery
 
 if TYPE_CHECKING:
@@ -418,7 +419,7 @@ class Interpretation:
         images of ``part`` with a box (``boxes`` in ``image_size`` pixels): how much the choice of layer
         and method matters at this input size. One row per (layer, method) with the layer's feature-map
         size; ``auto`` marks :func:`auto_cam_layer`'s choice; ``pointing_bound`` is the most any heatmap of
-        that layer could score (:func:`~nexperia_utils.analysis.explain.pointing_bound`)."""
+        that layer could score (:func:`~nexperia_utils.analysis.localisation.pointing_bound`)."""
         arch = self.checkpoint.arch
         with_box = [i for i, b in enumerate(boxes) if b is not None]
         chosen = auto_cam_layer(arch, int(image_size))

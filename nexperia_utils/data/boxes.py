@@ -2,7 +2,7 @@
 
 A box is ``(x, y, w, h)`` in the original image's pixels (x, y = top-left corner). The model sees
 ``Resize(resize_size_for(image_size))`` then ``CenterCrop(image_size)``; :func:`input_boxes` maps
-each image's box through that (:func:`nexperia_utils.analysis.explain.map_box_to_input`), reading the
+each image's box through that (:func:`nexperia_utils.analysis.localisation.map_box_to_input`), reading the
 original size from the file header.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from nexperia_utils.errors import DataError
-from nexperia_utils.analysis.explain import map_box_to_input
+from nexperia_utils.analysis.localisation import map_box_to_input
 from nexperia_utils.data.transforms import resize_size_for
 
 #: A box ``(x, y, w, h)``.

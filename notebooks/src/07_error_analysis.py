@@ -187,7 +187,7 @@ else:
 # is the method's resolution rather than the model. `pointing_bound` is the most any heatmap of that
 # layer could score on these boxes: an n x n map, upsampled bilinearly, peaks next to one of its n x n
 # nodes, so a box smaller than the node spacing that holds no such pixel can never be hit
-# (`explain.pointing_bound`).
+# (`localisation.pointing_bound`).
 
 # %%
 if loc_summary.loc["all", "n"] > 0:
