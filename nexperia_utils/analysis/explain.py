@@ -64,7 +64,6 @@ logger = logging.getLogger(__name__)
 METHODS: dict[str, type] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM}
 
 
-
 # --------------------------------------------------------------------------- heatmaps
 #: Feature-map stride of the layers Grad-CAM can read: the ResNet stages and, for VGG, the
 #: output of each convolution block before its max pool.
@@ -110,6 +109,12 @@ def target_layers(model: nn.Module, arch: str, layer: str | None = None) -> list
     if backbone_name(arch).startswith("resnet"):
         return [backbone.layer4[-1]]
     return [_vgg_block_relus(backbone, arch)[-1]]
+
+
+def resolve_cam_layer(arch: str, layer: str | None, image_size: int) -> str | None:
+    """``layer`` as :func:`target_layers` takes it: ``"auto"`` becomes :func:`auto_cam_layer` at
+    ``image_size``; None or a layer name are returned as they are."""
+    return auto_cam_layer(arch, image_size) if layer == "auto" else layer
 
 
 def _vgg_block_relus(backbone: nn.Module, arch: str) -> list[nn.Module]:
@@ -206,9 +211,7 @@ def compute_heatmaps(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive; got {batch_size}.")
     target = DefectScoreTarget(negative_index)
-    if layer == "auto":
-        layer = auto_cam_layer(arch, int(images.shape[-1]))
-    layers = target_layers(model, arch, layer)
+    layers = target_layers(model, arch, resolve_cam_layer(arch, layer, int(images.shape[-1])))
     device = torch.device(device)
     parameter = next(model.parameters())
     original_device, was_training = parameter.device, model.training
@@ -273,7 +276,6 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.nd
     return show_cam_on_image(img, mask, use_rgb=True, image_weight=1.0 - alpha)
 
 
-
 # --------------------------------------------------------------------------- heatmaps of a checkpoint
 @dataclass
 class Heatmaps:
@@ -302,8 +304,7 @@ def compute_gallery_heatmaps(analysis: CheckpointAnalysis, part: SplitData, indi
     size: ``exp.part(name, image_size)``), read at ``layer`` (``"auto"`` is resolved here, so
     ``Heatmaps.layer`` names the layer used)."""
     indices = np.array(sorted(set(int(i) for i in indices)), dtype=int)
-    if layer == "auto":
-        layer = auto_cam_layer(analysis.arch, int(image_size))
+    layer = resolve_cam_layer(analysis.arch, layer, int(image_size))
     if part.images.shape[1] != resize_size_for(image_size):
         raise ConfigError(f"the {part.name} part is decoded at {part.images.shape[1]} px, not for {image_size} px crops "
                           f"({resize_size_for(image_size)} px); pass exp.part({part.name!r}, {image_size})")

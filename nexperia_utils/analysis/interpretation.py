@@ -54,7 +54,7 @@ from nexperia_utils.evaluation.metrics import threshold_at_tpr  # re-exported: i
 from nexperia_utils.data.transforms import eval_transform
 from nexperia_utils.analysis.error_figures import plot_confusion, plot_embeddings, plot_score_distributions
 from nexperia_utils.analysis.explain import (Heatmaps, auto_cam_layer, cam_layers, compute_gallery_heatmaps,
-                                            localisation_table)
+                                            localisation_table, resolve_cam_layer)
 from nexperia_utils.analysis.localisation import pointing_bound
 from nexperia_utils.analysis.galleries import select_gallery
 
@@ -399,8 +399,7 @@ class Interpretation:
         (``part`` decoded for that size: ``exp.part(name, image_size)``), read at ``layer``
         (:func:`~nexperia_utils.analysis.explain.compute_heatmaps`); each image's map is computed
         once per size, method and layer, so later calls pay only for images not seen yet."""
-        if layer == "auto":
-            layer = auto_cam_layer(self.checkpoint.arch, int(image_size))
+        layer = resolve_cam_layer(self.checkpoint.arch, layer, int(image_size))
         key = (int(image_size), method, layer)
         have = self._heatmaps.get(key)
         new = sorted(set(int(i) for i in indices) - (set() if have is None else set(have.indices.tolist())))
@@ -423,15 +422,16 @@ class Interpretation:
         arch = self.checkpoint.arch
         with_box = [i for i, b in enumerate(boxes) if b is not None]
         chosen = auto_cam_layer(arch, int(image_size))
-        rows, bounds = [], {}
+        rows = []
         for layer, stride in cam_layers(arch).items():
             side = int(image_size) // stride
+            bound = pointing_bound(boxes, max(side, 1), int(image_size))
             for method in methods:
                 heat = self.heatmaps(part, with_box, image_size, method, layer=layer)
                 summary, _ = localisation_table(heat, boxes, groups)
                 rows.append({"layer": layer, "method": method, "feature_map": f"{side}x{side}", "auto": layer == chosen,
                              **summary.loc["all", ["n", "pointing_game", "mass_in_box", "chance"]].to_dict(),
-                             "pointing_bound": bounds.setdefault(side, pointing_bound(boxes, max(side, 1), int(image_size)))})
+                             "pointing_bound": bound})
         return pd.DataFrame(rows)
 
     def cam_score_agreement(self, part: SplitData, heatmaps: Heatmaps) -> float | None:

@@ -83,15 +83,14 @@ def _check_heatmap(heatmap: np.ndarray) -> np.ndarray:
     return values
 
 
-def _peak_pixel(values: np.ndarray) -> tuple[int, int] | None:
-    """The pixel the pointing game uses: the maximal pixel nearest to the centroid of the maximal
-    pixels; None for a constant map."""
-    peak = values.max()
-    if peak == values.min():
+def _scored_mask(shape: tuple[int, int], box: Sequence[float] | None) -> np.ndarray | None:
+    """The box's pixel mask (:func:`_box_mask`), or None for a box that is not scored: None, of zero
+    width or height (e.g. cropped away by :func:`map_box_to_input`), or covering no pixel centre."""
+    if box is None:
         return None
-    rows, cols = np.nonzero(values == peak)
-    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
-    return int(rows[nearest]), int(cols[nearest])
+    _, _, w, h = _check_box(box)
+    mask = _box_mask(shape, box)
+    return mask if w > 0 and h > 0 and mask.any() else None
 
 
 def pointing_game(heatmap: np.ndarray, box: Sequence[float]) -> bool:
@@ -102,8 +101,12 @@ def pointing_game(heatmap: np.ndarray, box: Sequence[float]) -> bool:
     points nowhere: a miss.
     """
     values = _check_heatmap(heatmap)
-    point = _peak_pixel(values)
-    return point is not None and bool(_box_mask(values.shape, box)[point])
+    peak = values.max()
+    if peak == values.min():
+        return False
+    rows, cols = np.nonzero(values == peak)
+    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    return bool(_box_mask(values.shape, box)[rows[nearest], cols[nearest]])
 
 
 def grid_peak_pixels(grid: int, image_size: int) -> np.ndarray:
@@ -130,15 +133,8 @@ def pointing_bound(boxes: Sequence[Sequence[float] | None], grid: int, image_siz
     (``image_size`` pixels): the share of the boxes holding a pixel of :func:`grid_peak_pixels`. Boxes
     that are None or empty are skipped as in :func:`localisation_scores`; NaN when none is left."""
     peaks = grid_peak_pixels(grid, image_size)
-    hits = []
-    for box in boxes:
-        if box is None:
-            continue
-        _, _, w, h = _check_box(box)
-        inside = _box_mask(peaks.shape, box)
-        if w <= 0 or h <= 0 or not inside.any():
-            continue
-        hits.append(bool((inside & peaks).any()))
+    masks = [_scored_mask(peaks.shape, box) for box in boxes]
+    hits = [bool((inside & peaks).any()) for inside in masks if inside is not None]
     return float(np.mean(hits)) if hits else float("nan")
 
 
@@ -174,8 +170,7 @@ def localisation_scores(heatmaps: np.ndarray, boxes: Sequence[Sequence[float] | 
     for heatmap, box in zip(maps, boxes):
         if box is None:
             continue
-        _, _, w, h = _check_box(box)
-        if w <= 0 or h <= 0 or not _box_mask(heatmap.shape, box).any():
+        if _scored_mask(heatmap.shape, box) is None:
             empty += 1
             continue
         hits.append(pointing_game(heatmap, box))
