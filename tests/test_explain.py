@@ -22,7 +22,9 @@ from nexperia_utils.analysis.localisation import (
 from nexperia_utils.analysis.explain import (
     DefectScoreTarget,
     auto_cam_layer,
+    cam_layers,
     compute_heatmaps,
+    feature_map_side,
     heatmaps_to_input_space,
     overlay,
     target_layers,
@@ -132,11 +134,35 @@ def test_named_target_layers(random_models) -> None:
     ("resnet18_stn", 96, "layer2"),  # layer3 6x6
     ("resnet18", 32, "layer1"),    # 8x8
     ("resnet18", 16, "layer1"),    # nothing reaches 7: the finest candidate
+    ("resnet18", 200, "layer4"),   # ResNet rounds up: layer4 7x7 (200 // 32 would say 6)
     ("vgg19_bn", 224, "block5"),   # 14x14 before the last pool
     ("vgg19_bn", 64, "block4"),    # block5 4x4, block4 8x8
 ])
 def test_auto_cam_layer_keeps_at_least_a_7x7_map(arch: str, size: int, expected: str) -> None:
     assert auto_cam_layer(arch, size) == expected
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg19_bn"])
+@pytest.mark.parametrize("size", [33, 64, 200])
+def test_feature_map_side_matches_a_forward_pass(random_models, arch: str, size: int) -> None:
+    model = random_models(arch)
+    training = model.training
+    sides = {}
+    hooks = [layer.register_forward_hook(lambda m, i, out, name=name: sides.__setitem__(name, out.shape[-1]))
+             for name in cam_layers(arch) for layer in target_layers(model, arch, name)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    assert sides == {name: feature_map_side(arch, name, size) for name in cam_layers(arch)}
+
+
+def test_feature_map_side_rejects_an_unknown_layer() -> None:
+    with pytest.raises(ConfigError, match="block9"):
+        feature_map_side("resnet18", "block9", 64)
 
 
 def test_auto_layer_reads_layer2_at_64px(random_models) -> None:

@@ -78,14 +78,26 @@ def cam_layers(arch: str) -> dict[str, int]:
     return RESNET_LAYER_STRIDES if backbone_name(arch).startswith("resnet") else VGG_BLOCK_STRIDES
 
 
+def feature_map_side(arch: str, layer: str, image_size: int) -> int:
+    """Side of ``layer``'s feature map for a square ``image_size`` input: each stride-2 step of a
+    ResNet (padded convolutions and max pool) rounds up, VGG's 2x2 max pools round down, so 200 px
+    gives ResNet's ``layer4`` 7x7 and VGG's ``block5`` 12x12."""
+    check_int("image_size", image_size, 1)
+    strides = cam_layers(arch)
+    if layer not in strides:
+        raise ConfigError(f"Unknown Grad-CAM layer {layer!r} for {arch}; use one of {list(strides)}.")
+    stride = strides[layer]
+    return -(-image_size // stride) if backbone_name(arch).startswith("resnet") else image_size // stride
+
+
 def auto_cam_layer(arch: str, image_size: int) -> str:
     """The deepest layer of ``arch`` whose feature map is at least :data:`MIN_CAM_MAP` pixels wide
     at ``image_size`` (the shallowest one when none is): ``layer4`` at 224 px as in the report,
     ``layer2`` (8x8) at 64 px where ``layer4`` is 2x2."""
     check_int("image_size", image_size, 1)
-    strides = cam_layers(arch)
-    fine = [name for name, stride in strides.items() if image_size // stride >= MIN_CAM_MAP]
-    return fine[-1] if fine else next(iter(strides))
+    layers = list(cam_layers(arch))
+    fine = [name for name in layers if feature_map_side(arch, name, image_size) >= MIN_CAM_MAP]
+    return fine[-1] if fine else layers[0]
 
 
 def target_layers(model: nn.Module, arch: str, layer: str | None = None) -> list[nn.Module]:

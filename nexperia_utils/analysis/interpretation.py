@@ -54,7 +54,7 @@ from nexperia_utils.evaluation.metrics import threshold_at_tpr  # re-exported: i
 from nexperia_utils.data.transforms import eval_transform
 from nexperia_utils.analysis.error_figures import plot_confusion, plot_embeddings, plot_score_distributions
 from nexperia_utils.analysis.explain import (Heatmaps, auto_cam_layer, cam_layers, compute_gallery_heatmaps,
-                                            localisation_table, resolve_cam_layer)
+                                            feature_map_side, localisation_table, resolve_cam_layer)
 from nexperia_utils.analysis.localisation import pointing_bound
 from nexperia_utils.analysis.galleries import select_gallery
 
@@ -423,8 +423,8 @@ class Interpretation:
         with_box = [i for i, b in enumerate(boxes) if b is not None]
         chosen = auto_cam_layer(arch, int(image_size))
         rows = []
-        for layer, stride in cam_layers(arch).items():
-            side = int(image_size) // stride
+        for layer in cam_layers(arch):
+            side = feature_map_side(arch, layer, int(image_size))
             bound = pointing_bound(boxes, max(side, 1), int(image_size))
             for method in methods:
                 heat = self.heatmaps(part, with_box, image_size, method, layer=layer)
