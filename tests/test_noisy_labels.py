@@ -225,6 +225,30 @@ def test_detection_summary_hand_computed():
     assert (s["noisy_relabelled"], s["noisy_corrected"], s["clean_relabelled"]) == (1, 1, 1)
 
 
+def test_detection_summary_label_companions_against_a_direct_computation():
+    # the noisy labels are all "good"; the defect-labelled images keep weight 1 as under SAT bad 1
+    frame = pd.DataFrame({
+        "label": ["good", "good", "good", "good", "scratch", "scratch"],
+        "weight": [0.3, 0.5, 0.8, 0.9, 1.0, 1.0],
+        "noisy": [False, True, False, True, False, False],
+    })
+    frame["weight_rank"] = frame["weight"].rank(method="average")
+    s = nl.detection_summary(frame)
+    good = frame["label"] == "good"
+    # label only: good scores 0.5, scratch 0: both noisy images beat both scratch images, tie the two clean good
+    assert s["auc_label_only"] == pytest.approx((4 + 0.5 * 4) / 8)
+    assert s["auc_label_only"] == pytest.approx(roc_auc_score(frame["noisy"], good * 0.5))
+    assert s["auc_within_noisy_labels"] == pytest.approx(
+        roc_auc_score(frame["noisy"][good], -frame["weight"][good]))
+    assert s["auc_within_noisy_labels"] == pytest.approx(0.25)  # of 4 (noisy, clean good) pairs only 0.5 < 0.8
+    assert s["auc"] == pytest.approx(5 / 8)  # the scratch images at weight 1 add 4 easy pairs
+
+
+def test_detection_summary_without_label_has_no_companions():
+    frame = pd.DataFrame({"weight": [0.1, 0.9], "noisy": [True, False], "weight_rank": [1.0, 2.0]})
+    assert "auc_label_only" not in nl.detection_summary(frame)
+
+
 def test_detection_summary_without_noisy_labels(run):
     ann = _annotations().assign(noisy=False, true_class=lambda f: f["label"])
     s = nl.detection_summary(nl.load_sat_weights(run, _split(), annotations=ann))

@@ -293,6 +293,11 @@ def detection_summary(frame: pd.DataFrame, lowest_pct: float = 5.0) -> dict[str,
     - ``epoch``, ``n_train``, ``n_noisy``, ``noisy_pct`` (the base rate, %);
     - ``mean_weight_clean`` / ``mean_weight_noisy``, ``median_weight_clean`` / ``median_weight_noisy``;
     - ``auc``: ROC AUC of ``-weight`` for "noisy" (0.5 = chance; NaN without noisy or clean images);
+    - with a ``label`` column (the given label), two companions of ``auc``: ``auc_label_only``, the AUC of a
+      detector that sees only the given label (each image scored by its label's share of noisy images: the
+      most any image-blind rule can reach, e.g. when every noisy label is ``good``), and
+      ``auc_within_noisy_labels``, the AUC of ``-weight`` among the images whose given label has noisy ones
+      (a loss that keeps the other labels' weights at 1, like SAT bad 1, gains ``auc`` from them for free);
     - ``average_precision``: area under the precision-recall curve of ``-weight`` (chance = base rate);
     - ``precision_at_n_noisy`` / ``recall_at_n_noisy``: flagging as many images as there are noisy ones;
     - ``recall_at_lowest_pct``: share of noisy images among the lowest ``lowest_pct`` % of weights;
@@ -320,6 +325,8 @@ def detection_summary(frame: pd.DataFrame, lowest_pct: float = 5.0) -> dict[str,
         "auc": float(roc_auc_score(y, -w)) if both else float("nan"),
         "average_precision": float(average_precision_score(y, -w)) if both else float("nan"),
     }
+    if "label" in frame.columns:
+        out.update(_label_companions(frame["label"].to_numpy(), w, y))
     flagged = flag_lowest(w, n_noisy)
     out["precision_at_n_noisy"] = float((flagged & y).sum() / flagged.sum()) if n_noisy else float("nan")
     out["recall_at_n_noisy"] = float((flagged & y).sum() / n_noisy) if n_noisy else float("nan")
@@ -333,6 +340,20 @@ def detection_summary(frame: pd.DataFrame, lowest_pct: float = 5.0) -> dict[str,
     out["noisy_corrected"] = int((corrected & y).sum())
     out["clean_relabelled"] = int((relabelled & ~y).sum())
     return out
+
+
+def _label_companions(label: np.ndarray, w: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """``auc_label_only`` and ``auc_within_noisy_labels`` of :func:`detection_summary`."""
+    if len(label) != len(w):
+        raise DataError(f"label has {len(label)} rows, weight {len(w)}")
+    share = pd.Series(y).groupby(label).transform("mean").to_numpy()
+    within = share > 0
+    both = 0 < int(y.sum()) < len(y)
+    return {
+        "auc_label_only": float(roc_auc_score(y, share)) if both else float("nan"),
+        "auc_within_noisy_labels": (float(roc_auc_score(y[within], -w[within]))
+                                    if both and (~y[within]).any() else float("nan")),
+    }
 
 
 def detection_table(summaries: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:

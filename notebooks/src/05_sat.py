@@ -242,7 +242,11 @@ elif annotations is None:
 
 # %% [markdown]
 # ### Detection summary per SAT run
-# `auc`: ROC AUC of the negated weight for "noisy" (0.5 = chance); `average_precision` (chance = the share of
+# `auc`: ROC AUC of the negated weight for "noisy" (0.5 = chance); beside it `auc_label_only`, the trivial
+# reference of a detector that sees only the given label (on the synthetic data every noisy label is `good`),
+# and `auc_within_noisy_labels`, the weight's AUC among the images whose label has noisy ones (SAT bad 1 and
+# SAT bad boost keep the defect labels' weights at 1, which lifts their `auc` by construction);
+# `average_precision` (chance = the share of
 # noisy labels, `noisy_pct` %); precision and recall when flagging as many images as there are noisy labels;
 # recall among the lowest 5 % of weights; the median rank of the noisy images (% of the training set, 50 =
 # chance); soft targets whose argmax left the given label (noisy: `noisy_relabelled`, of which
