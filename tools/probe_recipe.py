@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--run", default=None, help="run folder name (default: <arch>-probe)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (profile's if unset)")
+    parser.add_argument("--optimizer", default=None, help="adamw | sgd (profile's if unset)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     exp = open_experiment(profile, None, progress=False)
     sizes = {name: len(exp.part(name).labels) for name in ("train", "val", "test")}
     print(f"data ready in {time.perf_counter() - start:.0f} s: {sizes}")
-    result = train_model(exp, args.arch, run=args.run or f"{args.arch}-probe")
+    overrides = {key: value for key, value in (("lr", args.lr), ("optimizer", args.optimizer)) if value is not None}
+    result = train_model(exp, args.arch, run=args.run or f"{args.arch}-probe", **overrides)
     print(f"training {result.train_time_s:.0f} s, best validation AUC {result.best_val_auc:.4f} at epoch {result.best_epoch}")
     print(result.history[["epoch", "train_loss", "val_auc", "val_loss"]].round(4).to_string(index=False))
     kept = kept_checkpoint_metrics(result.run_dir, exp.part("test"), profile.top_k)
