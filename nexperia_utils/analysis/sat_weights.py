@@ -326,7 +326,7 @@ def detection_summary(frame: pd.DataFrame, lowest_pct: float = 5.0) -> dict[str,
         "average_precision": float(average_precision_score(y, -w)) if both else float("nan"),
     }
     if "label" in frame.columns:
-        out.update(_label_companions(frame["label"].to_numpy(), w, y))
+        out.update(_label_companions(frame["label"].to_numpy(), w, y, both))
     flagged = flag_lowest(w, n_noisy)
     out["precision_at_n_noisy"] = float((flagged & y).sum() / flagged.sum()) if n_noisy else float("nan")
     out["recall_at_n_noisy"] = float((flagged & y).sum() / n_noisy) if n_noisy else float("nan")
@@ -342,13 +342,11 @@ def detection_summary(frame: pd.DataFrame, lowest_pct: float = 5.0) -> dict[str,
     return out
 
 
-def _label_companions(label: np.ndarray, w: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """``auc_label_only`` and ``auc_within_noisy_labels`` of :func:`detection_summary`."""
-    if len(label) != len(w):
-        raise DataError(f"label has {len(label)} rows, weight {len(w)}")
+def _label_companions(label: np.ndarray, w: np.ndarray, y: np.ndarray, both: bool) -> dict[str, float]:
+    """``auc_label_only`` and ``auc_within_noisy_labels`` of :func:`detection_summary` (``both``: the
+    frame has noisy and clean images)."""
     share = pd.Series(y).groupby(label).transform("mean").to_numpy()
     within = share > 0
-    both = 0 < int(y.sum()) < len(y)
     return {
         "auc_label_only": float(roc_auc_score(y, share)) if both else float("nan"),
         "auc_within_noisy_labels": (float(roc_auc_score(y[within], -w[within]))
