@@ -52,6 +52,21 @@ def test_cross_entropy_hand():
     assert CrossEntropy().state_dict() == {}
 
 
+def test_cross_entropy_label_smoothing_hand():
+    """Target (1 - eps) on the label plus eps / C on every class: loss = -(1 - eps) log p_y - eps/C sum_c log p_c."""
+    targets = [0, 2, 1]
+    eps, c = 0.1, LOGITS.shape[1]
+    logp = np.log(np_softmax(LOGITS))
+    want = np.mean([-(1 - eps) * logp[i, targets[i]] - eps / c * logp[i].sum() for i in range(3)])
+    loss = build_loss("ce", ["a", "good", "b"], "good", label_smoothing=eps)
+    got = loss(t(LOGITS), t(targets, torch.long), None, 0)
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    assert loss.state_dict() == {} and "label_smoothing=0.1" in repr(loss)
+    for bad in (-0.1, 1.0, float("nan"), True):
+        with pytest.raises(ConfigError, match="label_smoothing"):
+            CrossEntropy(bad)
+
+
 # --------------------------------------------------------------------------- SAT
 def make_sat(**kw) -> SelfAdaptiveTraining:
     labels = kw.pop("labels", [0, 1, 2, 1])

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", default=None, help="run folder name (default: <arch>-probe)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (profile's if unset)")
     parser.add_argument("--optimizer", default=None, help="adamw | sgd (profile's if unset)")
+    parser.add_argument("--label-smoothing", type=float, default=None, help="cross entropy's label smoothing (0 if unset)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     sizes = {name: len(exp.part(name).labels) for name in ("train", "val", "test")}
     print(f"data ready in {time.perf_counter() - start:.0f} s: {sizes}")
     overrides = {key: value for key, value in (("lr", args.lr), ("optimizer", args.optimizer)) if value is not None}
+    if args.label_smoothing is not None:
+        overrides["loss_params"] = {"label_smoothing": args.label_smoothing}
     result = train_model(exp, args.arch, run=args.run or f"{args.arch}-probe", **overrides)
     print(f"training {result.train_time_s:.0f} s, best validation AUC {result.best_val_auc:.4f} at epoch {result.best_epoch}")
     print(result.history[["epoch", "train_loss", "val_auc", "val_loss"]].round(4).to_string(index=False))

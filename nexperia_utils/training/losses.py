@@ -76,13 +76,26 @@ def _check_epoch(epoch: int) -> None:
 
 
 class CrossEntropy(nn.Module):
-    """Mean cross entropy; ``indices`` and ``epoch`` are accepted for a uniform call and ignored."""
+    """Mean cross entropy; ``indices`` and ``epoch`` are accepted for a uniform call and ignored.
+
+    ``label_smoothing`` in [0, 1): the target puts ``1 - label_smoothing`` on the labelled class and
+    spreads ``label_smoothing`` evenly over all C classes (``torch.nn.functional.cross_entropy``'s
+    definition; 0 is the report's plain cross entropy).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        check_number("label_smoothing", label_smoothing, 0, 1, include_high=False, error=ConfigError)
+        self.label_smoothing = float(label_smoothing)
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}"
 
     def forward(
         self, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 0
     ) -> torch.Tensor:
         _check_batch(logits, targets, indices)
-        return F.cross_entropy(logits.float(), targets)
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
 
     def epoch_snapshot(self) -> dict[str, np.ndarray] | None:
         """Stateless: nothing to export."""
@@ -307,7 +320,7 @@ class WeightedBinaryCE(nn.Module):
 
 # --------------------------------------------------------------------------- factory
 _PARAMS: dict[str, tuple[str, ...]] = {
-    "ce": (),
+    "ce": ("label_smoothing",),
     "sat": ("alpha", "sat_es"),
     "sat_bad_1": ("alpha", "sat_es"),
     "sat_bad_boost": ("alpha", "sat_es", "boost_classes", "boost_factor"),
@@ -332,7 +345,7 @@ def build_loss(
 
     Parameters per loss (all optional):
 
-    - ``ce``: none.
+    - ``ce``: ``label_smoothing`` (0).
     - ``sat``, ``sat_bad_1``: ``alpha`` (0.9), ``sat_es`` (40, first SAT epoch, 0-based).
     - ``sat_bad_boost``: as ``sat`` plus ``boost_classes`` (lead_defect, marking_defect,
       pocket_damage, scratch; those absent from ``classes`` are skipped only when left at the
@@ -357,7 +370,7 @@ def build_loss(
         )
 
     if name == "ce":
-        return CrossEntropy()
+        return CrossEntropy(params.get("label_smoothing", 0.0))
 
     if name == "wbce":
         default_start = params.get("default_start", DEFAULT_WBCE_START)
