@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from nexperia_utils.evaluation import metrics
@@ -103,3 +104,13 @@ def test_review_band_by_hand() -> None:
     assert curve["test_review_share"].tolist() == pytest.approx([0.0, 2 / 6, 3 / 6])
     with pytest.raises(ConfigError, match="review band"):
         review_threshold(s_val, 0.8, 1.0)
+
+
+def test_review_band_plot_has_integer_ticks_when_nothing_is_missed() -> None:
+    from nexperia_utils.evaluation.operating_points import plot_review_band
+
+    curve = pd.DataFrame({"band": [0.0, 0.01, 0.02], "test_review_share": [0.0, 0.01, 0.02],
+                          "caught_in_review": [0, 0, 0], "still_missed": [0, 0, 0]})
+    fig = plot_review_band(curve)
+    ticks = fig.axes[0].get_yticks()  # a count of defects: whole numbers, even when all counts are 0
+    assert len(ticks) >= 2 and np.all(ticks == np.round(ticks))

@@ -271,6 +271,8 @@ def plot_review_band(curve: pd.DataFrame, title: str = ""):
     for xi, bands in curve.assign(x=x).groupby("x", sort=True)["band"]:  # capped bands share a point
         label = " / ".join(f"{b * 100:g}" for b in bands) + " %"
         ax.annotate(label, (xi, 0), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    top = float(curve[["caught_in_review", "still_missed"]].to_numpy().max(initial=0))
+    ax.set_ylim(-0.5, max(top, 1.0) + 0.5)  # MaxNLocator goes fractional with fewer than two integers in view
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("test images sent to review (%)  [labels: band chosen on validation]")
     ax.set_ylabel("test defects below the reject threshold")
