@@ -1,5 +1,5 @@
 # nexperia: every target sets itself up (make setup) and runs on the embedded synthetic data
-# unless DATA_DIR points at a real data set. PROFILE=smoke|quick|full (default quick).
+# unless DATA_DIR points at a real data set. PROFILE=smoke|quick|long|full (default quick).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -42,7 +42,7 @@ help:
 	@echo "  make train ARCH= LOSS= NPROC_PER_NODE=2   one model on N processes (torchrun + DistributedDataParallel)"
 	@echo "  make gpu-check          tools/gpu_check.py: full-scale data, throughput, ResNet18 training, Table 3 column"
 	@echo "  make clean-outputs      remove outputs/<profile>"
-	@echo "Variables: PROFILE=smoke|quick|full (now $(PROFILE)) DATA_DIR=<folder-per-class data> SEED=0 RETRAIN=True"
+	@echo "Variables: PROFILE=smoke|quick|long|full (now $(PROFILE)) DATA_DIR=<folder-per-class data> SEED=0 RETRAIN=True"
 	@echo "Notebooks are edited in notebooks/src/*.py and rebuilt: .venv/bin/python tools/nbbuild.py SRC DST"
 
 setup: $(SETUP_STAMP)

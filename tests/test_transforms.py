@@ -79,3 +79,11 @@ def test_profiles_override_and_validate():
         get_profile("quick", image_size=16)
     with pytest.raises(ConfigError, match="unknown profile"):
         get_profile("huge")
+
+
+def test_long_profile_is_the_quick_recipe_on_the_full_data_set():
+    quick, long, full = get_profile("quick"), get_profile("long"), get_profile("full")
+    differ = {k for k, v in long.to_dict().items() if quick.to_dict()[k] != v}
+    assert differ == {"name", "data_scale", "data_dir"}
+    assert (long.data_scale, long.data_dir) == (full.data_scale, full.data_dir)  # one generated set, shared
+    assert long.outputs_dir().name == "long"

@@ -204,7 +204,7 @@ def _init_process_group() -> World:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="quick", help="smoke|quick|full (ignored with --profile-json)")
+    parser.add_argument("--profile", default="quick", help="smoke|quick|long|full (ignored with --profile-json)")
     parser.add_argument("--profile-json", help="a whole profile as JSON (what train_model passes)")
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--loss", default="ce")
