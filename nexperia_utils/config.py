@@ -8,9 +8,9 @@
   and a light affine instead of the report's strong affine, half of every batch defects (binary
   balanced sampling), bf16 autocast + channels_last, 12 epochs.
 * ``long``: the quick recipe on all the synthetic images (38,302, the ``full`` profile's data set): about
-  three times quick's training time on the same CPU, and the only CPU profile whose ResNet18 reaches
-  issue 11's 95 % test AUC (96.3 % against quick's 90.0 %, ``docs/LEARNING.md`` probe #29). At equal
-  compute more images do not help (probe #30); more compute with more images does.
+  three times quick's training time on the same CPU for 96.3 / 96.4 / 97.9 % test AUC (ResNet18 / 34 / 50)
+  instead of quick's 90.0 / 89.0 / 91.1 % (``docs/LEARNING.md``, probes #29, #31, #32). At equal compute more
+  images do not help (probe #30); more compute with more images does.
 * ``full``: the report's settings (section 3.2, 224 px crops, ImageNet weights, 50 epochs); meant for
   a GPU and the real data.
 
@@ -139,11 +139,6 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
-# The quick recipe on all the synthetic images (the full profile's data set, generated once): three times
-# quick's training for 96.3 / 96.4 / 97.9 % test AUC (ResNet18 / 34 / 50) instead of 90.0 / 89.0 / 91.1 %
-# (docs/LEARNING.md, probes #29, #31, #32).
-PROFILES["long"] = dataclasses.replace(PROFILES["quick"], name="long", data_scale=1.0, data_dir="data/synthetic-full")
-
 
 def validate_profile(profile: Profile) -> None:
     """Raise a ConfigError naming the first field whose value cannot work."""
@@ -161,6 +156,11 @@ def validate_profile(profile: Profile) -> None:
     for name in ("lr", "sat_lr"):
         check_number(name, getattr(profile, name), 0, include_low=False, where=where)
     check_int("num_workers", profile.num_workers, 0, where=where)
+
+
+# ``long`` (see the module docstring): the quick recipe on the full profile's data set, which is generated once.
+PROFILES["long"] = PROFILES["quick"].replace(name="long", data_scale=PROFILES["full"].data_scale,
+                                             data_dir=PROFILES["full"].data_dir)
 
 
 def get_profile(name: str, **overrides: Any) -> Profile:
