@@ -203,8 +203,10 @@ def _init_process_group() -> World:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from nexperia_utils.config import PROFILES, Profile, get_profile
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="quick", help="smoke|quick|long|full (ignored with --profile-json)")
+    parser.add_argument("--profile", default="quick", help=f"{'|'.join(PROFILES)} (ignored with --profile-json)")
     parser.add_argument("--profile-json", help="a whole profile as JSON (what train_model passes)")
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--loss", default="ce")
@@ -220,7 +222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from nexperia_utils.config import Profile, get_profile
     from nexperia_utils.experiment import open_experiment, train_model
 
     profile = Profile(**json.loads(args.profile_json)) if args.profile_json else get_profile(args.profile)
