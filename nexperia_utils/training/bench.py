@@ -29,8 +29,8 @@ from nexperia_utils.data.transforms import train_crop_transform
 logger = logging.getLogger(__name__)
 
 
-def _time_steps(step, batches, warmup: int, device: torch.device) -> float:
-    """Seconds for the timed steps (after ``warmup`` untimed ones)."""
+def _time_steps(step, batches, warmup: int, device: torch.device) -> tuple[float, int]:
+    """(seconds, number) of the timed steps, after ``warmup`` untimed ones."""
     iterator = iter(batches)
     for _ in range(warmup):
         step(*next(iterator))
