@@ -81,9 +81,10 @@ def test_profiles_override_and_validate():
         get_profile("huge")
 
 
-def test_long_profile_is_the_quick_recipe_on_the_full_data_set():
+def test_long_profile_is_the_quick_recipe_at_64_px_on_the_full_data_set():
     quick, long, full = get_profile("quick"), get_profile("long"), get_profile("full")
     differ = {k for k, v in long.to_dict().items() if quick.to_dict()[k] != v}
-    assert differ == {"name", "data_scale", "data_dir"}
+    assert differ == {"name", "data_scale", "data_dir", "image_size"}
+    assert (quick.image_size, long.image_size) == (128, 64)  # long was measured at 64 px (LEARNING.md #29-#32)
     assert (long.data_scale, long.data_dir) == (full.data_scale, full.data_dir)  # one generated set, shared
     assert long.outputs_dir().name == "long"

@@ -41,7 +41,7 @@ GOOD = "good"
 ANNOTATION_COLUMNS: tuple[str, ...] = ("image_id", "label", "true_class", "noisy", "severity", "x", "y", "w", "h",
                                         "visibility", "batch")
 VISIBILITY_SIZE = 64
-"""Model input size at which the ``visibility`` annotation is measured (the quick profile's)."""
+"""Model input size at which the ``visibility`` annotation is measured (the quick profile's until 2026-12-07, the long profile's)."""
 ANNOTATIONS_FILE = "annotations.csv"
 IMAGE_SUFFIX = ".png"
 SEVERITY_BETA: tuple[float, float] = (4.0, 2.0)
