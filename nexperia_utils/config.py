@@ -86,6 +86,9 @@ class Profile:
     sampler: str = "none"
     #: bf16 autocast + channels_last for training and inference (CPU and CUDA)
     amp: bool = True
+    #: layer the error analysis's Grad-CAM reads: "auto" (``explain.auto_cam_layer``: the deepest map of at least
+    #: 7x7, the report's ``layer4`` at 224 px) or one of :data:`CAM_LAYERS`
+    cam_layer: str = "auto"
 
     @property
     def resize_size(self) -> int:
@@ -120,6 +123,9 @@ class Profile:
         return dataclasses.asdict(self)
 
 
+#: The layers Grad-CAM can read (``explain.cam_layers``: ResNet stages, VGG blocks) and ``"auto"``.
+CAM_LAYERS: tuple[str, ...] = ("auto", "layer1", "layer2", "layer3", "layer4", "block2", "block3", "block4", "block5")
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", data_scale=0.003, data_dir="data/synthetic-smoke", image_size=32, epochs=2,
@@ -132,6 +138,8 @@ PROFILES: dict[str, Profile] = {
         batch_size=32, optimizer="adamw", lr=0.003, momentum=0.9, weight_decay=0.05, scheduler="onecycle",
         step_size=14, gamma=0.1, weights="none", top_k=3, eval_batch_size=128, num_workers=1, sat_es=7,
         stn_epochs=12, sat_epochs=16, sat_lr=0.001, augmentation="flip", input_norm="image", sampler="binary",
+        # the best Grad-CAM layer of the from-scratch ResNets at 64, 96 and 128 px (LEARNING.md, #34); auto: layer3 at 128 px
+        cam_layer="layer2",
     ),
     "full": Profile(
         name="full", data_scale=1.0, data_dir="data/synthetic-full", image_size=224, epochs=50,
@@ -152,7 +160,7 @@ def validate_profile(profile: Profile) -> None:
     check_number("data_scale", profile.data_scale, 0, 1, include_low=False, where=where)
     choices = {"optimizer": ("sgd", "adamw"), "scheduler": ("step", "cosine", "onecycle"),
                "augmentation": ("report", "flip", "none"), "input_norm": ("imagenet", "image"),
-               "sampler": ("none", "binary")}
+               "sampler": ("none", "binary"), "cam_layer": CAM_LAYERS}
     for name, valid in choices.items():
         check_choice(name, getattr(profile, name), valid, where=where)
     for name in ("lr", "sat_lr"):

@@ -449,7 +449,10 @@ def test_localisation_by_layer_matches_the_table_of_each_layer(tiny_run) -> None
     table = interp.localisation_by_layer(test, boxes, groups, 32)
     assert table[["layer", "method"]].values.tolist() == [
         [layer, method] for layer in ("layer1", "layer2", "layer3", "layer4") for method in ("gradcam", "layercam")]
-    assert table.loc[table["auto"], "layer"].unique().tolist() == ["layer1"]  # 8x8 at 32 px
+    assert table.loc[table["chosen"], "layer"].unique().tolist() == ["layer1"]  # auto: 8x8 at 32 px
+    named = interp.localisation_by_layer(test, boxes, groups, 32, layer="layer3")
+    assert named.loc[named["chosen"], "layer"].unique().tolist() == ["layer3"]
+    assert named.drop(columns="chosen").equals(table.drop(columns="chosen"))
     assert table["feature_map"].tolist()[::2] == ["8x8", "4x4", "2x2", "1x1"]
     assert (table["n"] == 4).all() and np.allclose(table["chance"], 80 / 1024)
     assert (table["pointing_game"] <= table["pointing_bound"]).all()

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from nexperia_utils.config import CAM_LAYERS, get_profile
 from nexperia_utils.errors import ConfigError, DataError
 from nexperia_utils.analysis.localisation import (
     grid_peak_pixels,
@@ -140,6 +141,13 @@ def test_named_target_layers(random_models) -> None:
 ])
 def test_auto_cam_layer_keeps_at_least_a_7x7_map(arch: str, size: int, expected: str) -> None:
     assert auto_cam_layer(arch, size) == expected
+
+
+def test_profiles_name_only_layers_grad_cam_can_read() -> None:
+    assert set(CAM_LAYERS) == {"auto", *cam_layers("resnet18"), *cam_layers("vgg19_bn")}
+    assert (get_profile("quick").cam_layer, get_profile("full").cam_layer) == ("layer2", "auto")
+    with pytest.raises(ConfigError, match="cam_layer must be one of"):
+        get_profile("quick", cam_layer="layer5")
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg19_bn"])

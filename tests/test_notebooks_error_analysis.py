@@ -63,7 +63,7 @@ def test_error_analysis_notebook(smoke_workdir) -> None:
     assert localisation[["pointing_game", "mass_in_box", "chance"]].apply(lambda c: c.between(0, 100)).all().all()
     by_layer = pd.read_csv(out / "tables" / f"07_localisation_layers_{run}.csv", index_col=0)
     assert by_layer.index.tolist() == [f"layer{k} {m}" for k in range(1, 5) for m in ("gradcam", "layercam")]
-    assert (by_layer["pointing_game"] <= by_layer["pointing_bound"]).all() and by_layer["auto"].sum() == 2
+    assert (by_layer["pointing_game"] <= by_layer["pointing_bound"]).all() and by_layer["chosen"].sum() == 2
     quality = pd.read_csv(out / "tables" / f"07_mislabel_ranking_{run}.csv")
     assert set(quality["scope"]) >= {"all", "test"}
 

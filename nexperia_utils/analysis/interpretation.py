@@ -53,7 +53,7 @@ from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.evaluation.metrics import threshold_at_tpr  # re-exported: it lived here before it moved to metrics
 from nexperia_utils.data.transforms import eval_transform
 from nexperia_utils.analysis.error_figures import plot_confusion, plot_embeddings, plot_score_distributions
-from nexperia_utils.analysis.explain import (Heatmaps, auto_cam_layer, cam_layers, compute_gallery_heatmaps,
+from nexperia_utils.analysis.explain import (Heatmaps, cam_layers, compute_gallery_heatmaps,
                                             feature_map_side, localisation_table, resolve_cam_layer)
 from nexperia_utils.analysis.localisation import pointing_bound
 from nexperia_utils.analysis.galleries import select_gallery
@@ -411,25 +411,27 @@ class Interpretation:
         return have
 
     def localisation_by_layer(self, part: SplitData, boxes: Sequence[tuple | None], groups: Sequence[str],
-                              image_size: int, methods: Sequence[str] = ("gradcam", "layercam")) -> pd.DataFrame:
+                              image_size: int, methods: Sequence[str] = ("gradcam", "layercam"),
+                              layer: str = "auto") -> pd.DataFrame:
         """The pointing game and mass in the box (the ``all`` row of
         :func:`~nexperia_utils.analysis.explain.localisation_table`) of every layer Grad-CAM can read
         (:func:`~nexperia_utils.analysis.explain.cam_layers`) and every method of ``methods``, over the
         images of ``part`` with a box (``boxes`` in ``image_size`` pixels): how much the choice of layer
         and method matters at this input size. One row per (layer, method) with the layer's feature-map
-        size; ``auto`` marks :func:`auto_cam_layer`'s choice; ``pointing_bound`` is the most any heatmap of
+        size; ``chosen`` marks ``layer`` (the layer of the notebook's heatmaps; ``"auto"``: :func:`auto_cam_layer`'s
+        choice); ``pointing_bound`` is the most any heatmap of
         that layer could score (:func:`~nexperia_utils.analysis.localisation.pointing_bound`)."""
         arch = self.checkpoint.arch
         with_box = [i for i, b in enumerate(boxes) if b is not None]
-        chosen = auto_cam_layer(arch, int(image_size))
+        chosen = resolve_cam_layer(arch, layer, int(image_size))
         rows = []
-        for layer in cam_layers(arch):
-            side = feature_map_side(arch, layer, int(image_size))
+        for name in cam_layers(arch):
+            side = feature_map_side(arch, name, int(image_size))
             bound = pointing_bound(boxes, max(side, 1), int(image_size))
             for method in methods:
-                heat = self.heatmaps(part, with_box, image_size, method, layer=layer)
+                heat = self.heatmaps(part, with_box, image_size, method, layer=name)
                 summary, _ = localisation_table(heat, boxes, groups)
-                rows.append({"layer": layer, "method": method, "feature_map": f"{side}x{side}", "auto": layer == chosen,
+                rows.append({"layer": name, "method": method, "feature_map": f"{side}x{side}", "chosen": name == chosen,
                              **summary.loc["all", ["n", "pointing_game", "mass_in_box", "chance"]].to_dict(),
                              "pointing_bound": bound})
         return pd.DataFrame(rows)

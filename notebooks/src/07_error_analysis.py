@@ -26,7 +26,7 @@ checkpoint = "best"            # "best" (highest validation AUC) or the epoch of
 crop = "center"                # crop style of the predictions: center | five | ten (heatmaps: centre crop)
 cam_method = "gradcam"         # gradcam | gradcam++
 cam_image_size = None          # Grad-CAM input size; None: the training size (see below)
-cam_layer = "auto"             # layer Grad-CAM reads: auto (deepest with a >= 7x7 map), layer1-4 (ResNets), block2-5 (VGG)
+cam_layer = None               # layer Grad-CAM reads: None (the profile's: quick layer2, full auto), auto (deepest with a >= 7x7 map), layer1-4 (ResNets), block2-5 (VGG)
 gallery_size = 12              # images per gallery
 gallery_columns = 6
 top_k_relabel = 46             # K: top suspected test images relabelled for Table 5 (the report: 46)
@@ -100,8 +100,9 @@ fig
 # Heatmaps explain the defect score (`explain.DefectScoreTarget`) on the centre crop at the training
 # size. ResNets downsample 32x: the report's layer, `layer4`, is 7x7 at 224 px but 2x2 at 64 px,
 # too coarse to point at a defect of a few pixels. `cam_layer = "auto"` reads the deepest layer whose
-# map is still at least 7x7 (`explain.auto_cam_layer`: `layer2`, 8x8, at 64 px); the table of the
-# localisation section compares every layer. A larger `cam_image_size` is valid too (the ResNets are
+# map is still at least 7x7 (`explain.auto_cam_layer`: `layer4` at 224 px, `layer3` at 128 px); the
+# quick profile reads `layer2` (16x16 at 128 px), the best Grad-CAM layer of its from-scratch ResNets
+# at 64, 96 and 128 px (docs/LEARNING.md). The table of the localisation section compares every layer. A larger `cam_image_size` is valid too (the ResNets are
 # fully convolutional up to the global pool), but the model then sees the device larger than in
 # training: the Spearman correlation printed then compares the defect scores at the two sizes (close
 # to 1: the heatmaps explain the same decisions). Captions give the image id, filed label, defect score
@@ -115,6 +116,7 @@ galleries = interp.galleries(gallery_size)
 boxes_cam = input_boxes(test_cam.frame, boxes, exp.data_root, cam_size)
 with_box = [i for i, b in enumerate(boxes_cam) if b is not None]
 needed = set(with_box).union(*[set(g.index) for g in galleries.values()])
+cam_layer = cam_layer or P.cam_layer
 heat = interp.heatmaps(test_cam, needed, cam_size, cam_method, layer=cam_layer)
 rho = interp.cam_score_agreement(test_cam, heat)
 if rho is not None:
@@ -191,9 +193,9 @@ else:
 
 # %%
 if loc_summary.loc["all", "n"] > 0:
-    by_layer = interp.localisation_by_layer(test_cam, boxes_cam, groups, cam_size)
+    by_layer = interp.localisation_by_layer(test_cam, boxes_cam, groups, cam_size, layer=cam_layer)
     caption = (f"Localisation per Grad-CAM layer and method ({run}, epoch {A.epoch}, {cam_size} px input, "
-               f"{int(by_layer['n'].iloc[0])} boxed test defects), in %; auto = the layer of `cam_layer='auto'`.")
+               f"{int(by_layer['n'].iloc[0])} boxed test defects), in %; chosen = the layer of the heatmaps above (`cam_layer`).")
     by_layer.index = by_layer["layer"] + " " + by_layer["method"]
     layer_table = format_fraction_columns(by_layer.drop(columns=["layer", "method", "n"]),
                                           ["pointing_game", "mass_in_box", "chance", "pointing_bound"], 1)
