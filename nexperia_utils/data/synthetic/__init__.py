@@ -14,8 +14,8 @@ The data set is written in the same layout as the real batch-2 data::
 
 ``visibility`` (:func:`defect_visibility`, NaN for ``good``) is model-free: the image and its
 defect-free twin rendered from the same seed differ only by the defect; the peak of their difference
-at the quick profile's 64 px input, divided by the sensor noise's std there, says how far the defect
-stands out of the noise (below about 5: borderline).
+at a 64 px input (the quick profile's size until 2026-12-07, the long profile's), divided by the
+sensor noise's std there, says how far the defect stands out of the noise (below about 5: borderline).
 
 A fraction of the defect images is filed under ``good`` (label noise like the real data's human
 escapes, mostly mild defects); their true class stays in ``annotations.csv``. Training code

@@ -47,7 +47,7 @@ IMAGE_SUFFIX = ".png"
 SEVERITY_BETA: tuple[float, float] = (4.0, 2.0)
 """Beta(a, b) parameters of the per-image defect severity: mostly clear defects (mean 0.67) with a
 tail of mild ones (5 % below 0.34). Calibrated by measurement (``docs/LEARNING.md``): with the
-earlier Beta(1.1, 1.5) most defects were 1-3 px at the quick profile's 64 px and no recipe that fits
+earlier Beta(1.1, 1.5) most defects were 1-3 px at 64 px (then the quick profile's size) and no recipe that fits
 the CPU budget learned them (test AUC 0.55 after 10 epochs); the real data's best models reach
 99.8 % AUC, so most real defects are clear."""
 NOISY_SEVERITY_POWER = 2.0
