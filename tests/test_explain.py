@@ -28,6 +28,7 @@ from nexperia_utils.analysis.explain import (
     feature_map_side,
     heatmaps_to_input_space,
     overlay,
+    profile_cam_layer,
     target_layers,
 )
 from nexperia_utils.models.builders import ARCHITECTURES, build_model
@@ -141,6 +142,13 @@ def test_named_target_layers(random_models) -> None:
 ])
 def test_auto_cam_layer_keeps_at_least_a_7x7_map(arch: str, size: int, expected: str) -> None:
     assert auto_cam_layer(arch, size) == expected
+
+
+def test_profile_cam_layer_falls_back_to_auto_for_an_architecture_without_it() -> None:
+    assert profile_cam_layer("resnet34", "layer2") == "layer2"
+    assert profile_cam_layer("vgg19_bn", "layer2") == "auto"  # a ResNet stage named for a VGG run
+    assert profile_cam_layer("resnet18", "block4") == "auto"
+    assert profile_cam_layer("vgg19_bn", "auto") == "auto"
 
 
 def test_profiles_name_only_layers_grad_cam_can_read() -> None:

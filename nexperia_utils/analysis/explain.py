@@ -123,6 +123,15 @@ def target_layers(model: nn.Module, arch: str, layer: str | None = None) -> list
     return [_vgg_block_relus(backbone, arch)[-1]]
 
 
+def profile_cam_layer(arch: str, layer: str) -> str:
+    """The profile's ``cam_layer`` for a model of ``arch``: ``layer`` when ``arch`` has it (or it is
+    ``"auto"``), otherwise ``"auto"`` (a ResNet stage named for a VGG run, or the reverse), logged."""
+    if layer == "auto" or layer in cam_layers(arch):
+        return layer
+    logger.info("the profile's cam_layer %r is not a layer of %s; Grad-CAM reads 'auto' instead", layer, arch)
+    return "auto"
+
+
 def resolve_cam_layer(arch: str, layer: str | None, image_size: int) -> str | None:
     """``layer`` as :func:`target_layers` takes it: ``"auto"`` becomes :func:`auto_cam_layer` at
     ``image_size``; None or a layer name are returned as they are."""

@@ -58,7 +58,8 @@ fig
 # Per defect image, `annotations.csv` stores a model-free visibility: the image and its defect-free
 # twin, rendered from the same seed, differ only by the defect; the peak of their difference at a
 # 64 px input (the quick profile's size until 2026-12-07, the long profile's), divided by the sensor
-# noise's std there. Below about 5 a defect hardly stands out of the noise (borderline). Real data has no such column and skips this section.
+# noise's std there. Below about 5 a defect hardly stands out of the noise (borderline). Real data
+# has no such column and skips this section.
 
 # %%
 annotations = exp.annotations()

@@ -24,9 +24,9 @@ data_root = ""
 run = None                     # None: run_name("resnet18", "ce"), the profile's ResNet18 baseline
 checkpoint = "best"            # "best" (highest validation AUC) or the epoch of a kept checkpoint
 crop = "center"                # crop style of the predictions: center | five | ten (heatmaps: centre crop)
-cam_method = "gradcam"         # gradcam | gradcam++
+cam_method = "gradcam"         # gradcam | gradcam++ | layercam
 cam_image_size = None          # Grad-CAM input size; None: the training size (see below)
-cam_layer = None               # layer Grad-CAM reads: None (the profile's: quick layer2, full auto), auto (deepest with a >= 7x7 map), layer1-4 (ResNets), block2-5 (VGG)
+cam_layer = None               # None: the profile's (quick layer2); auto: deepest with a >= 7x7 map; layer1-4 / block2-5
 gallery_size = 12              # images per gallery
 gallery_columns = 6
 top_k_relabel = 46             # K: top suspected test images relabelled for Table 5 (the report: 46)
@@ -52,7 +52,7 @@ from nexperia_utils.analysis import mislabels as ml
 from nexperia_utils.data.boxes import box_lookup, input_boxes, read_boxes
 from nexperia_utils.config import get_profile
 from nexperia_utils.experiment import open_experiment, run_name
-from nexperia_utils.analysis.explain import localisation_table
+from nexperia_utils.analysis.explain import localisation_table, profile_cam_layer
 from nexperia_utils.analysis.galleries import gallery_figure
 from nexperia_utils.io import atomic_write_csv
 from nexperia_utils.reporting.published import published_table
@@ -102,10 +102,10 @@ fig
 # too coarse to point at a defect of a few pixels. `cam_layer = "auto"` reads the deepest layer whose
 # map is still at least 7x7 (`explain.auto_cam_layer`: `layer4` at 224 px, `layer3` at 128 px); the
 # quick profile reads `layer2` (16x16 at 128 px), the best Grad-CAM layer of its from-scratch ResNets
-# at 64, 96 and 128 px (docs/LEARNING.md). The table of the localisation section compares every layer. A larger `cam_image_size` is valid too (the ResNets are
-# fully convolutional up to the global pool), but the model then sees the device larger than in
-# training: the Spearman correlation printed then compares the defect scores at the two sizes (close
-# to 1: the heatmaps explain the same decisions). Captions give the image id, filed label, defect score
+# at 64, 96 and 128 px (docs/LEARNING.md). The table of the localisation section compares every layer.
+# A larger `cam_image_size` is valid too (the ResNets are fully convolutional up to the global pool),
+# but the model then sees the device larger than in training: the Spearman correlation printed then
+# compares the defect scores at the two sizes (close to 1: the heatmaps explain the same decisions). Captions give the image id, filed label, defect score
 # and rank (1 = highest score of the test part) at the evaluation size; annotated boxes are dashed.
 
 # %%
@@ -116,7 +116,7 @@ galleries = interp.galleries(gallery_size)
 boxes_cam = input_boxes(test_cam.frame, boxes, exp.data_root, cam_size)
 with_box = [i for i, b in enumerate(boxes_cam) if b is not None]
 needed = set(with_box).union(*[set(g.index) for g in galleries.values()])
-cam_layer = cam_layer or P.cam_layer
+cam_layer = cam_layer or profile_cam_layer(A.arch, P.cam_layer)
 heat = interp.heatmaps(test_cam, needed, cam_size, cam_method, layer=cam_layer)
 rho = interp.cam_score_agreement(test_cam, heat)
 if rho is not None:
