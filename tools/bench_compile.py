@@ -3,7 +3,7 @@
     .venv/bin/python tools/bench_compile.py --arch resnet18
 
 The model of the real pipeline (``build_model`` with the profile's input standardisation, bf16 autocast +
-channels_last) and its training step (``train_step`` with ``build_loss("ce")`` and the profile's AdamW) on a random batch,
+channels_last) and its training step (``train_step`` with ``build_loss("ce")`` and the profile's optimiser, ``make_optimizer``) on a random batch,
 eager, compiled (inductor, default mode) and eager again, in one process so the ratio is fair on a noisy
 machine; then inference (batch 128, ``torch.inference_mode``) eager and compiled. Prints images/s, the
 compile (warm-up) seconds and the ratios. No data set is needed.
@@ -19,7 +19,7 @@ from nexperia_utils.config import Profile, get_profile
 from nexperia_utils.data.synthetic.spec import CLASSES, GOOD
 from nexperia_utils.models.builders import build_model
 from nexperia_utils.training.losses import build_loss
-from nexperia_utils.training.loop import train_step
+from nexperia_utils.training.loop import TrainConfig, make_optimizer, train_step
 
 
 def _model(P: Profile, arch: str, compiled: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -32,7 +32,7 @@ def _model(P: Profile, arch: str, compiled: bool) -> tuple[torch.nn.Module, torc
 def _train(P: Profile, arch: str, compiled: bool, steps: int) -> tuple[float, float]:
     """(warm-up seconds for 3 steps, images/s over ``steps`` timed steps) of one fresh model."""
     model, forward = _model(P, arch, compiled)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=P.lr, weight_decay=P.weight_decay)
+    optimizer = make_optimizer(model, TrainConfig.from_profile(P))
     B, S = P.batch_size, P.image_size
     images = torch.randn(B, 3, S, S)
     labels = torch.randint(0, len(CLASSES), (B,))

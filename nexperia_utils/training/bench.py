@@ -23,7 +23,7 @@ from nexperia_utils.models.builders import resolve_device
 from nexperia_utils.experiment import open_experiment
 from nexperia_utils.training.losses import build_loss
 from nexperia_utils.models.builders import build_model
-from nexperia_utils.training.loop import train_step
+from nexperia_utils.training.loop import TrainConfig, make_optimizer, train_step
 from nexperia_utils.data.transforms import train_crop_transform
 
 logger = logging.getLogger(__name__)
@@ -62,10 +62,7 @@ def run_benchmark(profile: str | Profile = "quick", arch: str = "resnet18", imag
     if use_amp:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss("ce", classes=exp.classes, negative_class=exp.negative_class, train_labels=labels).to(dev)
-    if P.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=P.lr, weight_decay=P.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=P.lr, momentum=P.momentum, weight_decay=P.weight_decay)
+    optimizer = make_optimizer(model, TrainConfig.from_profile(P))
     B, S = P.batch_size, P.image_size
 
     def step(images, y, idx):

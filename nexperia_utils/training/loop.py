@@ -147,13 +147,16 @@ def _parameter_groups(model: torch.nn.Module, config: TrainConfig) -> Any:
             {"params": list(stn.parameters()), "lr": config.lr * config.stn_lr_factor}]
 
 
-def _make_optimizer(model: torch.nn.Module, config: TrainConfig, steps_per_epoch: int):
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``config`` (AdamW or SGD with momentum) over ``model``'s parameter groups."""
     params = _parameter_groups(model, config)
     if config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def _make_optimizer(model: torch.nn.Module, config: TrainConfig, steps_per_epoch: int):
+    optimizer = make_optimizer(model, config)
     if config.scheduler == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     elif config.scheduler == "cosine":
