@@ -487,3 +487,19 @@ def test_relabel_top_k_from_annotations_a_csv_or_nothing(tiny_run, tmp_path) -> 
     assert from_csv.source == f"`{csv}`"  # the CSV wins over the annotations
     filed = test.frame.set_index("image_id").loc[top, "label"]
     assert sorted(from_csv.applied["image_id"]) == sorted(i for i in top if filed[i] != "scratch")
+
+
+def test_output_tag_names_what_differs_from_the_defaults():
+    assert ea.output_tag("resnet18-ce") == "resnet18-ce"
+    assert ea.output_tag("resnet18-ce", "best", "center", "gradcam", None) == "resnet18-ce"
+    assert ea.output_tag("resnet18-ce", 11) == "resnet18-ce-epoch011"
+    assert ea.output_tag("resnet18-ce", "7") == "resnet18-ce-epoch007"
+    assert ea.output_tag("r", 11, "ten", "layercam", "layer1") == "r-epoch011-ten-layercam-layer1"
+    # every setting changes the tag, so two analyses of one run never share a file name
+    tags = {ea.output_tag("r", c, crop, m, layer) for c in ("best", 10) for crop in ("center", "ten")
+            for m in ("gradcam", "layercam") for layer in (None, "layer2")}
+    assert len(tags) == 16
+    with pytest.raises(ConfigError, match="checkpoint"):
+        ea.output_tag("r", "last")
+    with pytest.raises(ConfigError, match="run"):
+        ea.output_tag("")

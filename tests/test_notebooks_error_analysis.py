@@ -74,3 +74,14 @@ def test_error_analysis_notebook(smoke_workdir) -> None:
     text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.output_type == "stream")
     assert "features: (18, 512)" in text
     assert np.isfinite(localisation.loc["all", "mass_in_box"])
+
+    # another checkpoint and CAM method of the same run: its own file names, the default analysis kept
+    default_table = out / "tables" / f"07_localisation_{run}.csv"
+    before = default_table.read_bytes()
+    run_notebook("07_error_analysis.ipynb", work, "07_epoch1_layercam.ipynb", checkpoint=1, cam_method="layercam",
+                 top_k_relabel=K, gallery_size=6, corrections_csv=str(corrections))
+    tag = f"{run}-epoch001-layercam"
+    assert (out / "tables" / f"07_localisation_{tag}.csv").exists()
+    assert (out / "figures" / f"07_gallery_lowest_defects_{tag}.png").stat().st_size > 5_000
+    assert "layercam" in (out / "tables" / f"07_localisation_{tag}.caption.txt").read_text()
+    assert default_table.read_bytes() == before

@@ -207,6 +207,31 @@ def rank_by_score(score: Sequence[float]) -> np.ndarray:
     return values.rank(ascending=False, method="min").astype(int).to_numpy()
 
 
+def output_tag(run: str, checkpoint: str | int = "best", crop: str = "center", cam_method: str = "gradcam",
+               cam_layer: str | None = None) -> str:
+    """The file-name tag of an error analysis's tables and figures: ``run``, then whatever differs from the defaults.
+
+    ``resnet18-ce`` for the best checkpoint, centre crop, Grad-CAM at the profile's layer;
+    ``resnet18-ce-epoch011-ten-layercam-layer1`` when all four are changed, so analyses of other checkpoints,
+    crops or CAM settings of one run do not overwrite each other.
+    """
+    if not run:
+        raise ConfigError("run must be a non-empty run name")
+    parts = [str(run)]
+    if str(checkpoint) != "best":
+        try:
+            parts.append(f"epoch{int(checkpoint):03d}")
+        except ValueError:
+            raise ConfigError(f"checkpoint must be 'best' or an epoch number; got {checkpoint!r}") from None
+    if crop != "center":
+        parts.append(str(crop))
+    if cam_method != "gradcam":
+        parts.append(str(cam_method))
+    if cam_layer is not None:
+        parts.append(str(cam_layer))
+    return "-".join(parts)
+
+
 # --------------------------------------------------------------------------- operating points
 def operating_points(y_defect: Sequence[bool], score: Sequence[float],
                      tpr_levels: Sequence[float] = metrics.TPR_LEVELS,

@@ -47,7 +47,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from nexperia_utils.analysis import interpretation as ea
-from nexperia_utils.analysis.interpretation import Interpretation
+from nexperia_utils.analysis.interpretation import Interpretation, output_tag
 from nexperia_utils.analysis import mislabels as ml
 from nexperia_utils.data.boxes import box_lookup, input_boxes, read_boxes
 from nexperia_utils.config import get_profile
@@ -64,6 +64,7 @@ exp = open_experiment(P, data_root or None)
 run = run or run_name("resnet18", "ce", weights=P.weights)
 interp = Interpretation.from_experiment(exp, run, "test", checkpoint, crop, device)
 A, test, pred, y = interp.checkpoint, interp.part, interp.predictions, interp.y_defect
+tag = output_tag(run, checkpoint, crop, cam_method, cam_layer)  # file names: run + what differs from the defaults
 k_ckpt = top_k or P.top_k
 annotations = exp.annotations()
 noisy = ml.noisy_ids(annotations)
@@ -82,17 +83,17 @@ print(f"annotations: {'yes' if annotations is not None else 'none'} "
 
 # %%
 fig = interp.plot_confusion(title=f"Confusion matrix, {run} epoch {A.epoch}, test part ({len(test)} images)")
-save_figure(fig, exp.figures_dir(), f"07_confusion_{run}")
+save_figure(fig, exp.figures_dir(), f"07_confusion_{tag}")
 display(fig)
 points = interp.operating_points()
-atomic_write_csv(exp.tables_dir() / f"07_operating_points_{run}.csv", points)
+atomic_write_csv(exp.tables_dir() / f"07_operating_points_{tag}.csv", points)
 display(format_fraction_columns(points, ["tpr", "fpr"]).style.format({"threshold": "{:.4g}"}).hide(axis="index"))
 
 # %%
 thresholds = interp.thresholds()
 fig = interp.plot_score_distributions(marked=noisy, marked_label="annotated mislabel (defect filed as good)",
                                       title=f"Test defect scores per filed class, {run} epoch {A.epoch}")
-save_figure(fig, exp.figures_dir(), f"07_scores_per_class_{run}")
+save_figure(fig, exp.figures_dir(), f"07_scores_per_class_{tag}")
 fig
 
 # %% [markdown]
@@ -135,7 +136,7 @@ fig = gallery_figure(galleries["missed"], heat, boxes_cam, columns=gallery_colum
                      n_total=len(pred),
                      title=f"Escapes at the default cut: defects with defect score < 0.5 "
                            f"({n_missed} of {int(y.sum())}; lowest first; boxes dashed)")
-save_figure(fig, exp.figures_dir(), f"07_gallery_missed_at_0.5_{run}")
+save_figure(fig, exp.figures_dir(), f"07_gallery_missed_at_0.5_{tag}")
 fig
 
 # %%
@@ -145,7 +146,7 @@ fig = gallery_figure(galleries["lowest_defects"], heat, boxes_cam, columns=galle
                      title=f"Figure 10: lowest-scoring defects. The first sets the TPR = 100 % threshold "
                            f"({thresholds['TPR = 100 %']:.3g}, FPR {fpr100 * 100:.1f} %); "
                            f"TPR >= 99.1 % threshold {threshold_991:.3g}")
-save_figure(fig, exp.figures_dir(), f"07_gallery_lowest_defects_{run}")
+save_figure(fig, exp.figures_dir(), f"07_gallery_lowest_defects_{tag}")
 fig
 
 # %%
@@ -154,7 +155,7 @@ fig = gallery_figure(galleries["highest_good"], heat, boxes_cam, columns=gallery
                      n_total=len(pred),
                      title=f"Highest-scoring good images: likely mislabels ({n_false_alarms} good images rejected "
                            f"at TPR >= 99.1 %; annotated boxes of mislabelled defects dashed)")
-save_figure(fig, exp.figures_dir(), f"07_gallery_highest_good_{run}")
+save_figure(fig, exp.figures_dir(), f"07_gallery_highest_good_{tag}")
 fig
 
 # %% [markdown]
@@ -174,12 +175,12 @@ if loc_summary.loc["all", "n"] == 0:
     print("no test image has a defect box: pass boxes_csv (image_id,x,y,w,h) to score the localisation")
 else:
     loc_images.insert(1, "image_id", test_cam.frame["image_id"].to_numpy()[loc_images["index"]])
-    atomic_write_csv(exp.tables_dir() / f"07_localisation_per_image_{run}.csv", loc_images)
+    atomic_write_csv(exp.tables_dir() / f"07_localisation_per_image_{tag}.csv", loc_images)
     caption = (f"Localisation of {cam_method} heatmaps at {heat.layer or 'the last block'} ({run}, epoch {A.epoch}, "
                f"{cam_size} px input) on the "
                f"{int(loc_summary.loc['all', 'n'])} test images with a defect box, per annotated class, in %.")
     loc_table = format_fraction_columns(loc_summary, ["pointing_game", "mass_in_box", "chance"], 1)
-    write_table(loc_table, exp.tables_dir(), f"07_localisation_{run}", caption, index_header="class", row_labels={})
+    write_table(loc_table, exp.tables_dir(), f"07_localisation_{tag}", caption, index_header="class", row_labels={})
     display(Markdown(caption))
     display(loc_table)
 
@@ -199,7 +200,7 @@ if loc_summary.loc["all", "n"] > 0:
     by_layer.index = by_layer["layer"] + " " + by_layer["method"]
     layer_table = format_fraction_columns(by_layer.drop(columns=["layer", "method", "n"]),
                                           ["pointing_game", "mass_in_box", "chance", "pointing_bound"], 1)
-    write_table(layer_table, exp.tables_dir(), f"07_localisation_layers_{run}", caption,
+    write_table(layer_table, exp.tables_dir(), f"07_localisation_layers_{tag}", caption,
                 index_header="layer, method", row_labels={})
     display(Markdown(caption))
     display(layer_table)
@@ -227,13 +228,13 @@ display(ranking.head(15).style.format(precision=4).hide(axis="index"))
 K = min(int(top_k_relabel), int((ranking["part"] == "test").sum()))
 if annotations is not None:
     quality = ml.ranking_quality(ranking, noisy, K)
-    atomic_write_csv(exp.tables_dir() / f"07_mislabel_ranking_{run}.csv", quality)
+    atomic_write_csv(exp.tables_dir() / f"07_mislabel_ranking_{tag}.csv", quality)
     display(Markdown(f"Ranking against the annotations (positives: good-labelled images whose annotated class is a "
                      f"defect), precision and recall at K = {K} and average precision, in %:"))
     display(format_fraction_columns(quality, ["precision", "recall", "average_precision", "base_rate"], 1)
             .style.format(precision=1).hide(axis="index"))
     fig = ml.plot_precision_recall_at_k(ranking, noisy, K, title=f"Suspected mislabels vs annotations, {run}")
-    save_figure(fig, exp.figures_dir(), f"07_mislabel_precision_recall_{run}")
+    save_figure(fig, exp.figures_dir(), f"07_mislabel_precision_recall_{tag}")
     display(fig)
 else:
     print("no annotations: the ranking cannot be scored here; check the galleries and fill in the template below")
@@ -286,5 +287,5 @@ ringed = [i for i, x in enumerate(emb_ids) if x in set(top_ids)]
 fig = ea.plot_embeddings(coords, emb_labels, A.classes, A.negative_class, marked, ringed,
                          title=f"Penultimate-layer activations ({features.shape[1]} values), {run} epoch {A.epoch}, "
                                f"{' + '.join(embedding_parts)} part ({len(features)} images)")
-save_figure(fig, exp.figures_dir(), f"07_embeddings_{run}")
+save_figure(fig, exp.figures_dir(), f"07_embeddings_{tag}")
 fig
