@@ -494,6 +494,7 @@ def test_output_tag_names_what_differs_from_the_defaults():
     assert ea.output_tag("resnet18-ce", "best", "center", "gradcam", None) == "resnet18-ce"
     assert ea.output_tag("resnet18-ce", 11) == "resnet18-ce-epoch011"
     assert ea.output_tag("resnet18-ce", "7") == "resnet18-ce-epoch007"
+    assert ea.output_tag("resnet18-ce", None) == ea.output_tag("resnet18-ce", "") == "resnet18-ce"  # as open_checkpoint
     assert ea.output_tag("r", 11, "ten", "layercam", "layer1") == "r-epoch011-ten-layercam-layer1"
     # every setting changes the tag, so two analyses of one run never share a file name
     tags = {ea.output_tag("r", c, crop, m, layer) for c in ("best", 10) for crop in ("center", "ten")

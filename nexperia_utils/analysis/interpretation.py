@@ -128,6 +128,16 @@ class CheckpointAnalysis:
         return str(self.meta["config"].get("loss", "ce"))
 
 
+def requested_epoch(checkpoint: str | int | None) -> int | None:
+    """The epoch a ``checkpoint`` argument asks for: None for ``"best"`` (also None or ""), else its number."""
+    if checkpoint in ("best", None, ""):
+        return None
+    try:
+        return int(checkpoint)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"checkpoint must be 'best' or an epoch number, got {checkpoint!r}") from exc
+
+
 def open_checkpoint(run_dir: Path, checkpoint: str | int = "best", device: str | torch.device = "cpu",
                     split_hash: str | None = None) -> CheckpointAnalysis:
     """Load checkpoint ``"best"`` (highest validation AUC) or the kept checkpoint of epoch ``checkpoint``.
@@ -142,13 +152,10 @@ def open_checkpoint(run_dir: Path, checkpoint: str | int = "best", device: str |
     if not entries:
         raise DataError(f"no checkpoints in {run_dir / 'checkpoints'}: train the run first "
                         f"(notebooks/02_baseline.ipynb, e.g. `make baseline-resnet18`)")
-    if checkpoint in ("best", None, ""):
+    epoch = requested_epoch(checkpoint)
+    if epoch is None:
         entry = entries[0]
     else:
-        try:
-            epoch = int(checkpoint)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"checkpoint must be 'best' or an epoch number, got {checkpoint!r}") from exc
         matches = [e for e in entries if e["epoch"] == epoch]
         if not matches:
             raise ConfigError(f"{run_dir.name} keeps no checkpoint of epoch {epoch}; kept epochs: "
@@ -207,7 +214,7 @@ def rank_by_score(score: Sequence[float]) -> np.ndarray:
     return values.rank(ascending=False, method="min").astype(int).to_numpy()
 
 
-def output_tag(run: str, checkpoint: str | int = "best", crop: str = "center", cam_method: str = "gradcam",
+def output_tag(run: str, checkpoint: str | int | None = "best", crop: str = "center", cam_method: str = "gradcam",
                cam_layer: str | None = None) -> str:
     """The file-name tag of an error analysis's tables and figures: ``run``, then whatever differs from the defaults.
 
@@ -218,11 +225,9 @@ def output_tag(run: str, checkpoint: str | int = "best", crop: str = "center", c
     if not run:
         raise ConfigError("run must be a non-empty run name")
     parts = [str(run)]
-    if str(checkpoint) != "best":
-        try:
-            parts.append(f"epoch{int(checkpoint):03d}")
-        except ValueError:
-            raise ConfigError(f"checkpoint must be 'best' or an epoch number; got {checkpoint!r}") from None
+    epoch = requested_epoch(checkpoint)
+    if epoch is not None:
+        parts.append(f"epoch{epoch:03d}")
     if crop != "center":
         parts.append(str(crop))
     if cam_method != "gradcam":

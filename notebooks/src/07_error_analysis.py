@@ -106,8 +106,9 @@ fig
 # at 64, 96 and 128 px (docs/LEARNING.md). The table of the localisation section compares every layer.
 # A larger `cam_image_size` is valid too (the ResNets are fully convolutional up to the global pool),
 # but the model then sees the device larger than in training: the Spearman correlation printed then
-# compares the defect scores at the two sizes (close to 1: the heatmaps explain the same decisions). Captions give the image id, filed label, defect score
-# and rank (1 = highest score of the test part) at the evaluation size; annotated boxes are dashed.
+# compares the defect scores at the two sizes (close to 1: the heatmaps explain the same decisions).
+# Captions give the image id, filed label, defect score and rank (1 = highest score of the test part)
+# at the evaluation size; annotated boxes are dashed.
 
 # %%
 cam_size = int(cam_image_size or A.image_size)
